@@ -1,0 +1,86 @@
+"""The ``crbatch`` command: ``crbatch <stage> [<sub>] INPUTS... [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from . import __version__
+from .errors import EXIT_CODE_HELP, CrbatchError, ExitCode
+
+log = logging.getLogger("crbatch")
+
+
+def _setup_logging(level: int) -> None:
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, show_time=False, markup=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("crbatch").setLevel(level)
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    # Unwinds through every ``finally``: temporary outputs are removed, nothing half-written stays.
+    raise SystemExit(int(ExitCode.INTERRUPTED))
+
+
+def _exit_codes(args: argparse.Namespace) -> int:  # noqa: ARG001
+    for code, text in EXIT_CODE_HELP.items():
+        print(f"{int(code):3d}  {code.name:<14} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .convert import cli as convert_cli
+    from .synth import cli as synth_cli
+
+    p = argparse.ArgumentParser(
+        prog="crbatch",
+        description="Batch training of the ATLAS CalRatio per-jet classifier: convert, build, train, analyze, export.",
+    )
+    p.add_argument("--version", action="version", version=f"crbatch {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    convert_cli.register(sub)
+    synth_cli.register(sub)
+    ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
+    ec.set_defaults(func=_exit_codes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(args.verbose - args.quiet, logging.DEBUG)
+    if args.verbose - args.quiet < -2:
+        level = logging.ERROR
+    _setup_logging(level)
+    if os.environ.get("CRBATCH_KEEP_SIGTERM") is None:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.func(args))
+    except CrbatchError as e:
+        log.error("%s", e)
+        return int(e.code)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        log.exception("internal error (please report this with the log above)")
+        return int(ExitCode.INTERNAL)
+
+
+def run() -> None:
+    sys.exit(main())

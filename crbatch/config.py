@@ -1,0 +1,173 @@
+"""Stage configs: pydantic models, loaded from YAML with command-line overrides.
+
+Resolution order: model defaults < ``--config FILE.yaml`` (deep-merged) < ``--set a.b=v`` <
+per-field flags. Unknown keys are errors (the reference silently ignored them), booleans can be
+switched both ways (``--x/--no-x``), and every command can print its resolved config
+(``--print-config``) instead of running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config model."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-able dict stored in every output this config made."""
+        return {"model": type(self).__name__, "values": self.model_dump(mode="json")}
+
+
+def _scalar_type(annotation: Any) -> tuple[Any, bool] | None:
+    """(scalar type, is_list) of an annotation a flag can carry, or None for nested/complex ones."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar_type(args[0]) if len(args) == 1 else None
+    if origin is list:
+        inner = _scalar_type(typing.get_args(annotation)[0])
+        return (inner[0], True) if inner and not inner[1] else None
+    if origin is typing.Literal:
+        return (annotation, False)
+    if annotation in (str, int, float, bool, Path) or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        return (annotation, False)
+    return None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, model: type[StageConfig], skip: set[str] = frozenset()) -> None:
+    """Add ``--config``, ``--set``, ``--print-config`` and one flag per scalar field of ``model``."""
+    g = parser.add_argument_group("configuration")
+    g.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML config; flags below override it")
+    g.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, also nested ones (a.b=1); VALUE is parsed as YAML",
+    )  # fmt: skip
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        st = _scalar_type(field.annotation)
+        if st is None:
+            continue
+        typ, is_list = st
+        flag = "--" + name.replace("_", "-")
+        default = field.default if not field.is_required() else None
+        help_text = (field.description or "").replace("%", "%%")
+        help_text += f" (default: {default!r})" if not isinstance(default, enum.Enum) else f" (default: {default.value})"
+        kw: dict[str, Any] = {"dest": f"cfg__{name}", "default": None, "help": help_text}
+        if typ is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(typ) is typing.Literal:
+            kw["choices"] = list(typing.get_args(typ))
+            typ = type(kw["choices"][0])
+        elif isinstance(typ, type) and issubclass(typ, enum.Enum):
+            kw["choices"] = [e.value for e in typ]
+            typ = type(kw["choices"][0])
+        if is_list:
+            kw["nargs"] = "+"
+        g.add_argument(flag, type=typ, metavar=name.upper() if "choices" not in kw else None, **kw)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} not found; check the --config path") from e
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a mapping")
+    d[keys[-1]] = value
+
+
+def validation_message(e: ValidationError, source: str) -> str:
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        parts.append(f"{loc}: {msg}")
+    more = f" (+{len(e.errors()) - 3} more)" if len(e.errors()) > 3 else ""
+    return f"invalid config from {source}: " + "; ".join(parts) + more
+
+
+def build_config(model: type[M], file: Path | None = None, overrides: dict[str, Any] | None = None) -> M:
+    """Model defaults < YAML file < ``overrides`` (a nested dict), validated."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        data = load_yaml(file)
+        source = str(file)
+    if overrides:
+        data = deep_merge(data, overrides)
+        source += " + command line"
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, source)) from e
+
+
+def resolve_config(model: type[M], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> M:
+    """The config for a command: its YAML, ``--set`` values, per-field flags, then ``extra``."""
+    over: dict[str, Any] = {}
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            _set_dotted(over, k.strip(), yaml.safe_load(v))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+    for k, v in vars(args).items():
+        if k.startswith("cfg__") and v is not None:
+            over[k[5:]] = v
+    if extra:
+        over = deep_merge(over, {k: v for k, v in extra.items() if v is not None})
+    return build_config(model, getattr(args, "config", None), over)

@@ -1,0 +1,128 @@
+"""Running a converter over many files: output naming, skip-if-complete, atomic output, summary.
+
+Rules every converter follows (the batch system relies on them):
+- one input file → one output file with a deterministic name;
+- a complete output (completion attribute set, same source) is skipped unless ``force``;
+- output is written under a temporary name and renamed, so a killed job leaves nothing a later
+  step accepts, and two jobs on the same file leave one intact output;
+- a bad file is reported in one line and the run goes on; the exit code says whether a retry
+  can help (:func:`crbatch.errors.worst`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import schema
+from ..errors import CrbatchError, ExitCode, worst
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    src: Path
+    out: Path
+    entry: Any = None
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # converted | empty | skipped | failed
+    n_jets: int = 0
+    message: str = ""
+    code: ExitCode = ExitCode.OK
+
+
+def plan(sources: Sequence[tuple[Any, Path]], output_dir: Path, out: Path | None = None) -> list[Job]:
+    """Output path for each (entry, source). Same-named sources get a short hash of their full
+    path, so ``a/x.root`` and ``b/x.root`` never overwrite (or skip) each other."""
+    if out is not None:
+        if len(sources) != 1:
+            raise CrbatchError(f"--out names one file but {len(sources)} inputs were given; use --output-dir",
+                               ExitCode.USAGE)  # fmt: skip
+        entry, src = sources[0]
+        return [Job(src, out, entry)]
+    jobs = []
+    for entry, src in sources:
+        sub = getattr(entry, "output_dir", None)
+        d = output_dir / sub if sub else output_dir
+        jobs.append(Job(src, d / (src.stem + schema.SHARD_SUFFIX), entry))
+    seen = Counter(j.out for j in jobs)
+    for j in jobs:
+        if seen[j.out] > 1:
+            h = hashlib.sha1(str(j.src.resolve()).encode()).hexdigest()[:8]
+            j.out = j.out.with_name(f"{j.src.stem}-{h}{schema.SHARD_SUFFIX}")
+    return jobs
+
+
+def _existing(job: Job) -> str | None:
+    """Why ``job`` can be skipped, or None if it must run."""
+    try:
+        attrs = schema.check_complete(job.out, "shard")
+    except schema.NotAcceptedError as e:
+        if job.out.exists():
+            log.info("redoing %s: %s", job.out, e)
+        return None
+    made_from = attrs.get("source_path")
+    src = str(job.src.resolve())
+    if made_from and made_from != src:
+        raise CrbatchError(
+            f"{job.out}: already holds the shard of {made_from}, not of {src}; "
+            "use another --output-dir, or --force to replace it",
+            ExitCode.CONFIG,
+        )
+    size = attrs.get("source_size", -1)
+    if size not in (-1, None) and job.src.exists() and os.path.getsize(job.src) != size:
+        log.info("redoing %s: %s changed size since it was converted", job.out, job.src)
+        return None
+    return f"complete ({attrs.get(schema.A_N_JETS, 0)} jets)"
+
+
+def run(jobs: Sequence[Job], convert: Callable[[Job, Path], dict[str, Any]], force: bool = False) -> list[Outcome]:
+    outcomes = []
+    for job in jobs:
+        try:
+            why = None if force else _existing(job)
+            if why:
+                log.info("skip %s: %s", job.out, why)
+                outcomes.append(Outcome(job, "skipped", 0, why))
+                continue
+            schema.remove_stale_tmp(job.out.parent, job.out.name)
+            with schema.atomic_output(job.out) as tmp:
+                attrs = convert(job, tmp)
+            n = int(attrs.get(schema.A_N_JETS, 0))
+            status = "converted" if n else "empty"
+            if n:
+                log.info("wrote %s: %d jets", job.out, n)
+            else:
+                log.warning("%s: no jet passed the selection; wrote an empty shard %s", job.src, job.out)
+            outcomes.append(Outcome(job, status, n))
+        except CrbatchError as e:
+            log.error("%s", e)
+            outcomes.append(Outcome(job, "failed", 0, str(e), e.code))
+        except MemoryError:
+            msg = f"{job.src}: out of memory; lower --step-size"
+            log.error("%s", msg)
+            outcomes.append(Outcome(job, "failed", 0, msg, ExitCode.TRANSIENT))
+    return outcomes
+
+
+def summarize(outcomes: Sequence[Outcome]) -> ExitCode:
+    """Log one summary line (and the failures again, so they are at the end of the log)."""
+    c = Counter(o.status for o in outcomes)
+    jets = sum(o.n_jets for o in outcomes)
+    parts = [f"{c[s]} {s}" for s in ("converted", "empty", "skipped", "failed") if c[s]]
+    log.warning("summary: %d file(s): %s; %d jets written", len(outcomes), ", ".join(parts) or "nothing", jets)
+    for o in outcomes:
+        if o.status == "failed":
+            log.warning("  failed [exit %d]: %s", int(o.code), o.message)
+    return worst([o.code for o in outcomes])

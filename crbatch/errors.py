@@ -1,0 +1,92 @@
+"""Exit codes and the errors that map onto them.
+
+Batch schedulers act on exit codes, so the codes separate "do not retry, the input is bad" from
+"transient, retry". The table is printed by ``crbatch exit-codes`` and documented in the README;
+``jobs/*.sh`` maps it onto what each scheduler acts on.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a crbatch bug: an unexpected exception (retry is harmless, a report is better)
+    USAGE = 2  # bad command line (argparse's own code)
+    CONFIG = 3  # invalid config file or value
+    INPUT_MISSING = 10  # an input file or directory does not exist
+    INPUT_CORRUPT = 11  # unreadable, truncated or not the format it claims
+    INPUT_SCHEMA = 12  # readable, but the wrong schema (missing tree/branch, other schema version)
+    INPUT_EMPTY = 13  # nothing to work on where something is required (e.g. a class with no jets)
+    TRANSIENT = 20  # I/O or resource error that may pass (network storage, disk full): retry
+    INTERRUPTED = 21  # stopped by a signal before finishing, nothing written: retry
+    CHECKPOINTED = 85  # self-checkpointed on SIGTERM; resubmit to continue (HTCondor checkpoint_exit_code)
+
+
+DO_NOT_RETRY = frozenset(
+    {ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT_MISSING, ExitCode.INPUT_CORRUPT, ExitCode.INPUT_SCHEMA,
+     ExitCode.INPUT_EMPTY}
+)  # fmt: skip
+
+EXIT_CODE_HELP = {
+    ExitCode.OK: "success (also: output already complete and skipped; input with no surviving jet)",
+    ExitCode.INTERNAL: "unexpected internal error (a bug: please report with the log)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.CONFIG: "invalid configuration file or value",
+    ExitCode.INPUT_MISSING: "input file missing — do not retry",
+    ExitCode.INPUT_CORRUPT: "input unreadable, truncated or corrupt — do not retry",
+    ExitCode.INPUT_SCHEMA: "input has the wrong schema (missing tree/branch, other version) — do not retry",
+    ExitCode.INPUT_EMPTY: "input has nothing to work on where something is required — do not retry",
+    ExitCode.TRANSIENT: "transient I/O or resource error — retry",
+    ExitCode.INTERRUPTED: "interrupted by a signal before finishing; nothing written — retry",
+    ExitCode.CHECKPOINTED: "checkpoint written on SIGTERM — resubmit to continue",
+}
+
+
+class CrbatchError(Exception):
+    """An error with a one-line message for the user and the exit code it maps to."""
+
+    code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, code: ExitCode | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(CrbatchError):
+    code = ExitCode.CONFIG
+
+
+class InputMissing(CrbatchError):
+    code = ExitCode.INPUT_MISSING
+
+
+class InputCorrupt(CrbatchError):
+    code = ExitCode.INPUT_CORRUPT
+
+
+class InputSchema(CrbatchError):
+    code = ExitCode.INPUT_SCHEMA
+
+
+class InputEmpty(CrbatchError):
+    code = ExitCode.INPUT_EMPTY
+
+
+class Transient(CrbatchError):
+    code = ExitCode.TRANSIENT
+
+
+def worst(codes: list[ExitCode]) -> ExitCode:
+    """The exit code for a run over many files: retry wins over do-not-retry, which wins over OK.
+
+    A run where one file hit a transient error should be retried (completed files are skipped),
+    even if another file is bad; a run with only bad inputs should not.
+    """
+    failed = [c for c in codes if c != ExitCode.OK]
+    if not failed:
+        return ExitCode.OK
+    retry = [c for c in failed if c not in DO_NOT_RETRY]
+    return max(retry) if retry else max(failed)

@@ -1,0 +1,298 @@
+"""The one HDF5 layout every crbatch stage reads and writes.
+
+FTAG style (atlas-ftag-tools, puma, salt): a 1-D structured ``jets`` table and one 2-D structured
+table per constituent type, shape ``(n_jets, max_objects)``, with a boolean ``valid`` field, so that
+padding is explicit and never confused with a real zero. Values in shards are raw (GeV for jets and
+tracks, MeV for clusters, coordinates relative to the jet or leading cluster); scaling is done by
+the build step and recorded in its output's attributes.
+
+Stages talk to each other only through files in this layout, so every name that crosses a stage
+boundary lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Bump when a reader written for the old layout would misread the new one.
+SCHEMA_VERSION = 1
+
+SHARD_SUFFIX = ".h5"
+TMP_MARK = ".crbatch-tmp"
+
+
+class Label(IntEnum):
+    """Per-jet class label. 0/1/2 are the reference's ``EventType`` (and the network's output order)."""
+
+    QCD = 0
+    SIGNAL = 1
+    BIB = 2
+    DATA = 3  # multijet collision data for the control region (the reference's CR file used 2)
+
+
+DATA_TYPES: dict[str, Label] = {"qcd": Label.QCD, "sig": Label.SIGNAL, "bib": Label.BIB, "data": Label.DATA}
+"""``--type`` values of the converters and the label each gives."""
+
+MC_TYPES = frozenset({"qcd", "sig"})
+
+N_CLUSTERS = 30
+N_TRACKS = 20
+N_MSEGS = 30
+
+# Constituent features as stored in shards: raw, in the reference's per-slot feature names.
+CLUSTER_FEATURES = (
+    "pt", "eta", "phi", "time",
+    "l1ecal", "l1hcal", "l2ecal", "l2hcal", "l3ecal", "l3hcal", "l4ecal", "l4hcal",
+)  # fmt: skip
+TRACK_FEATURES = (
+    "pt", "eta", "phi", "chiSquared", "d0", "z0", "vertex_nParticles",
+    "PixelShared", "PixelHoles", "PixelHits", "SCTHits", "SCTHoles", "SCTShared",
+)  # fmt: skip
+MSEG_FEATURES = ("etaPos", "phiPos", "etaDir", "phiDir", "t0", "chiSquared")
+
+JET_FIELDS: tuple[tuple[str, str], ...] = (
+    ("label", "i1"),
+    ("eventNumber", "u8"),
+    ("runNumber", "u4"),
+    ("mcChannelNumber", "u4"),  # 0 for data
+    ("mcEventWeight", "f4"),  # raw generator weight; 1 for data
+    ("jet_index", "i2"),  # position of the jet in the ntuple's jet vector
+    ("pt", "f4"),  # GeV
+    ("eta", "f4"),
+    ("phi", "f4"),
+    ("isClean_LooseBadLLP", "i1"),
+    ("n_clusters", "i2"),  # associated objects before truncation to the fixed slot count
+    ("n_tracks", "i2"),
+    ("n_msegs", "i2"),
+    ("llp_mH", "f4"),  # GeV; 0 for backgrounds
+    ("llp_mS", "f4"),
+    ("llp_pt", "f4"),  # truth LLP matched to the jet (signal only, else 0)
+    ("llp_eta", "f4"),
+    ("llp_phi", "f4"),
+    ("llp_Lxy", "f4"),  # mm
+    ("llp_Lz", "f4"),  # mm, signed
+    ("match_dR", "f4"),  # ΔR of the LLP (signal) or HLT-jet (BIB) match; -1 when not matched
+)
+
+
+def _object_dtype(features: tuple[str, ...]) -> np.dtype:
+    return np.dtype([("valid", "?")] + [(f, "f4") for f in features])
+
+
+JET_DTYPE = np.dtype(list(JET_FIELDS))
+CLUSTER_DTYPE = _object_dtype(CLUSTER_FEATURES)
+TRACK_DTYPE = _object_dtype(TRACK_FEATURES)
+MSEG_DTYPE = _object_dtype(MSEG_FEATURES)
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """A fixed-length constituent table: dataset name, slots per jet, row dtype."""
+
+    name: str
+    slots: int
+    dtype: np.dtype
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(n for n in self.dtype.names if n != "valid")
+
+
+OBJECT_TABLES = (
+    ObjectTable("clusters", N_CLUSTERS, CLUSTER_DTYPE),
+    ObjectTable("tracks", N_TRACKS, TRACK_DTYPE),
+    ObjectTable("msegs", N_MSEGS, MSEG_DTYPE),
+)
+TABLES: dict[str, ObjectTable] = {t.name: t for t in OBJECT_TABLES}
+
+# Attribute names (file level).
+A_SCHEMA = "schema_version"
+A_PRODUCER = "producer"
+A_VERSION = "crbatch_version"
+A_KIND = "kind"  # "shard" | "dataset" | "scored"
+A_COMPLETE = "complete"  # set last: a file without it is not accepted by any reader
+A_STATUS = "status"  # "ok" | "empty"
+A_DATA_TYPE = "data_type"
+A_N_JETS = "n_jets"
+A_SCALED = "scaled"  # False for raw shards; the scaling name otherwise
+A_CONFIG = "config"  # JSON of the resolved config that produced the file
+
+JETS_CHUNK = 1024  # rows per HDF5 chunk of the jets table
+OBJECTS_CHUNK = 128  # jets per HDF5 chunk of the object tables (~200 kB)
+
+
+def empty_tables(n: int) -> dict[str, np.ndarray]:
+    """Zero-filled tables for ``n`` jets: padding is zero with ``valid=False``."""
+    out = {"jets": np.zeros(n, JET_DTYPE)}
+    for t in OBJECT_TABLES:
+        out[t.name] = np.zeros((n, t.slots), t.dtype)
+    return out
+
+
+def compression() -> Mapping[str, Any]:
+    """h5py dataset keywords for the fast codec (lz4 through hdf5plugin)."""
+    import hdf5plugin
+
+    return dict(hdf5plugin.LZ4())
+
+
+def to_attr(value: Any) -> Any:
+    """Make ``value`` storable as an HDF5 attribute (dicts and lists become JSON text)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    if isinstance(value, Path):
+        return str(value)
+    if value is None:
+        return "null"
+    return value
+
+
+def read_attrs(f) -> dict[str, Any]:
+    """All file attributes, JSON text decoded back into Python objects."""
+    out: dict[str, Any] = {}
+    for k, v in f.attrs.items():
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, str) and v[:1] in "[{" or v == "null":
+            with contextlib.suppress(ValueError):
+                v = json.loads(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+class TableWriter:
+    """Append jets and their constituents to an open HDF5 file in the common layout."""
+
+    def __init__(self, h5file, compress: bool = True):
+        self.f = h5file
+        self.n = 0
+        opts = compression() if compress else {}
+        self.f.create_dataset("jets", shape=(0,), maxshape=(None,), dtype=JET_DTYPE, chunks=(JETS_CHUNK,), **opts)
+        for t in OBJECT_TABLES:
+            self.f.create_dataset(
+                t.name,
+                shape=(0, t.slots),
+                maxshape=(None, t.slots),
+                dtype=t.dtype,
+                chunks=(OBJECTS_CHUNK, t.slots),
+                **opts,
+            )
+
+    def append(self, tables: Mapping[str, np.ndarray]) -> None:
+        k = len(tables["jets"])
+        if k == 0:
+            return
+        for name in ("jets", *TABLES):
+            ds = self.f[name]
+            ds.resize(self.n + k, axis=0)
+            ds[self.n : self.n + k] = tables[name]
+        self.n += k
+
+
+def tmp_path_for(final: Path) -> Path:
+    """A temporary name next to ``final``, unique per host and process, never matched as a shard."""
+    tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return final.with_name(f".{final.name}.{tag}{TMP_MARK}")
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temporary path; on success fsync it and rename it onto ``final``.
+
+    On any exception the temporary file is removed and ``final`` is untouched, so a reader never
+    sees half a file. Two writers of the same ``final`` both produce complete files and the last
+    rename wins.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(final)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        with contextlib.suppress(OSError):  # directory fsync makes the rename durable; not all FS allow it
+            dfd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def remove_stale_tmp(directory: Path, final_name: str) -> int:
+    """Delete temporaries of ``final_name`` left by dead processes on this host. Returns the count."""
+    host = socket.gethostname()
+    removed = 0
+    for p in directory.glob(f".{final_name}.*{TMP_MARK}"):
+        parts = p.name[len(final_name) + 2 : -len(TMP_MARK)].split(".")
+        if len(parts) < 3 or ".".join(parts[:-2]) != host:
+            continue
+        try:
+            pid = int(parts[-2])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NotAcceptedError(Exception):
+    """A file that exists but is not a complete file of the current schema."""
+
+
+def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """Return the attributes of a complete crbatch file, or raise :class:`NotAcceptedError`."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+    except (OSError, ValueError) as e:
+        raise NotAcceptedError(f"{path}: not a readable HDF5 file ({e})") from e
+    if attrs.get(A_PRODUCER) != "crbatch":
+        raise NotAcceptedError(f"{path}: not written by crbatch")
+    if not attrs.get(A_COMPLETE):
+        raise NotAcceptedError(f"{path}: incomplete (no completion mark); rerun the step that writes it")
+    if attrs.get(A_SCHEMA) != SCHEMA_VERSION:
+        raise NotAcceptedError(
+            f"{path}: schema version {attrs.get(A_SCHEMA)}, this crbatch reads {SCHEMA_VERSION}; "
+            "reconvert it with this version"
+        )
+    if kind is not None and attrs.get(A_KIND) != kind:
+        raise NotAcceptedError(f"{path}: is a {attrs.get(A_KIND)!r} file, expected {kind!r}")
+    return attrs
+
+
+def is_complete(path: Path, kind: str | None = None) -> bool:
+    try:
+        check_complete(path, kind)
+    except NotAcceptedError:
+        return False
+    return True

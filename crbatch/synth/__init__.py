@@ -1,0 +1,1 @@
+"""Synthetic DiVertAnalysis-like inputs for tests, benchmarks and the demo."""
