@@ -42,7 +42,9 @@ def _exit_codes(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .build import cli as build_cli
     from .convert import cli as convert_cli
+    from .report import plot_cli
     from .synth import cli as synth_cli
 
     p = argparse.ArgumentParser(
@@ -53,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     p.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    convert_cli.register(sub)
     synth_cli.register(sub)
+    convert_cli.register(sub)
+    build_cli.register(sub)
+    plot_cli.register(sub)
     ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
     ec.set_defaults(func=_exit_codes)
     return p

@@ -1,0 +1,1 @@
+"""Reports: markdown + static HTML pages of plots and tables."""
