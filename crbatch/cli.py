@@ -24,24 +24,27 @@ def _setup_logging(level: int) -> None:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    handler._crbatch = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler from an earlier call (tests call main() many times); keep others.
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_crbatch", False)] + [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("crbatch").setLevel(level)
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001
+def _on_sigterm(signum, frame):
     # Unwinds through every ``finally``: temporary outputs are removed, nothing half-written stays.
     raise SystemExit(int(ExitCode.INTERRUPTED))
 
 
-def _exit_codes(args: argparse.Namespace) -> int:  # noqa: ARG001
+def _exit_codes(args: argparse.Namespace) -> int:
     for code, text in EXIT_CODE_HELP.items():
         print(f"{int(code):3d}  {code.name:<14} {text}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import demo
     from .build import cli as build_cli
     from .convert import cli as convert_cli
     from .report import plot_cli
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cli.register(sub)
     build_cli.register(sub)
     plot_cli.register(sub)
+    demo.register(sub)
     ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
     ec.set_defaults(func=_exit_codes)
     return p

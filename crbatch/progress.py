@@ -20,7 +20,8 @@ class Progress:
         self.t0 = self._last = time.monotonic()
         self._bar = None
         if sys.stderr.isatty() and os.environ.get("CRBATCH_NO_BAR") is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -164,7 +164,7 @@ def read_attrs(f) -> dict[str, Any]:
     for k, v in f.attrs.items():
         if isinstance(v, bytes):
             v = v.decode()
-        if isinstance(v, str) and v[:1] in "[{" or v == "null":
+        if (isinstance(v, str) and v[:1] in ("[", "{")) or v == "null":
             with contextlib.suppress(ValueError):
                 v = json.loads(v)
         elif isinstance(v, np.generic):

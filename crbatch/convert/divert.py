@@ -78,7 +78,7 @@ def _count_summary(hists: dict[str, dict[str, Any]]) -> dict[str, float]:
         "sumOfWeights initial": "sum_of_weights_initial",
         "sumOfWeightsSquared initial": "sum_of_weights_squared_initial",
     }
-    return {names[lab]: v for lab, v in zip(ec["labels"], ec["values"]) if lab in names}
+    return {names[lab]: v for lab, v in zip(ec["labels"], ec["values"], strict=False) if lab in names}
 
 
 def _open(path: str, cfg: ConvertDivertConfig):
@@ -91,7 +91,7 @@ def _open(path: str, cfg: ConvertDivertConfig):
             if size < end:
                 raise InputCorrupt(f"{path}: truncated ROOT file ({size} of {end} bytes); recopy or regenerate it")
         return f
-    except Exception as e:  # noqa: BLE001 - mapped to exit codes by classify_read_error
+    except Exception as e:
         raise classify_read_error(path, e) from e
 
 

@@ -191,11 +191,8 @@ def _fill_objects(
     hit &= jet >= 0
     u, pos = u[hit], pos[hit]
     feats = {f: ak.to_numpy(ak.flatten(a[b])) for f, b in branches.items() if f != "jetIndex"}
-    if sort_by_pt:
-        # Leading (highest-pT) object first within the jet, file order on ties — as the reference.
-        order = np.lexsort((pos, -feats["pt"][pos], u))
-    else:
-        order = np.lexsort((pos, u))
+    # Leading (highest-pT) object first within the jet, file order on ties — as the reference.
+    order = np.lexsort((pos, -feats["pt"][pos], u)) if sort_by_pt else np.lexsort((pos, u))
     u, pos = u[order], pos[order]
     counts = np.bincount(u, minlength=len(ukeys))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
