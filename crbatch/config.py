@@ -36,12 +36,19 @@ class StageConfig(BaseModel):
         return {"model": type(self).__name__, "values": self.model_dump(mode="json")}
 
 
+def _yaml_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
 def _scalar_type(annotation: Any) -> tuple[Any, bool] | None:
     """(scalar type, is_list) of an annotation a flag can carry, or None for nested/complex ones."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _scalar_type(args[0]) if len(args) == 1 else None
+        if len(args) == 1:
+            return _scalar_type(args[0])
+        # e.g. ``int | str``: the flag's text is parsed as YAML and the model validates it.
+        return (_yaml_value, False) if all(a in (str, int, float) for a in args) else None
     if origin is list:
         inner = _scalar_type(typing.get_args(annotation)[0])
         return (inner[0], True) if inner and not inner[1] else None
@@ -84,7 +91,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[StageConfi
             typ = type(kw["choices"][0])
         if is_list:
             kw["nargs"] = "+"
-        g.add_argument(flag, type=typ, metavar=name.upper() if "choices" not in kw else None, **kw)
+        metavar = None if "choices" in kw else name.upper()
+        g.add_argument(flag, type=typ, metavar=metavar, **kw)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

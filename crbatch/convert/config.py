@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import StageConfig
 
@@ -60,7 +60,11 @@ class ConvertDivertConfig(StageConfig):
     reference_exact: bool = Field(
         False, description="reproduce the reference's selection bugs: no BIB ΔR limit, duplicated jets"
     )
-    step_size: int = Field(10_000, gt=0, description="events read per chunk (memory grows with this, not with the file)")
+    step_size: int | str = Field(
+        "48 MB",
+        description="events per chunk, or the branches' data size per chunk ('48 MB'): memory grows with this, "
+        "not with the file",
+    )
     compress: bool = Field(True, description="lz4-compress the shard's tables")
     force: bool = Field(False, description="reconvert even if a complete shard exists")
 
@@ -70,6 +74,19 @@ class ConvertDivertConfig(StageConfig):
         if isinstance(data, dict) and data.get("reference_exact"):
             data = {**data, "bib_match_dr": None, "dedupe_jets": False}
         return data
+
+    @field_validator("step_size")
+    @classmethod
+    def _step(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            if v <= 0:
+                raise ValueError("must be a positive number of events or a size such as '48 MB'")
+            return v
+        import re
+
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*", v):
+            raise ValueError(f"{v!r}: expected a number of events or a size such as '48 MB'")
+        return v
 
     @model_validator(mode="after")
     def _windows(self) -> ConvertDivertConfig:
