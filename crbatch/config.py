@@ -76,9 +76,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, model: type[StageConfi
             continue
         typ, is_list = st
         flag = "--" + name.replace("_", "-")
-        default = field.default if not field.is_required() else None
-        help_text = (field.description or "").replace("%", "%%")
-        help_text += f" (default: {default!r})" if not isinstance(default, enum.Enum) else f" (default: {default.value})"
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, enum.Enum):
+            default = default.value
+        shown = str(default) if isinstance(default, Path) else repr(default)
+        help_text = (field.description or "").replace("%", "%%") + f" (default: {shown})"
         kw: dict[str, Any] = {"dest": f"cfg__{name}", "default": None, "help": help_text}
         if typ is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
