@@ -107,7 +107,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path, allow_list: bool = False) -> Any:
     try:
         text = Path(path).read_text()
     except FileNotFoundError as e:
@@ -122,7 +122,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
     if data is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
 

@@ -229,7 +229,7 @@ def test_odd_file_names(tmp_path):
 
 
 @needs_ref
-def test_yaml_input_list(tmp_path):
+def test_yaml_input_list(tmp_path, caplog):
     lst = tmp_path / "inputs.yaml"
     lst.write_text(
         f"inputs:\n"
@@ -240,9 +240,14 @@ def test_yaml_input_list(tmp_path):
     t, _ = read(tmp_path / "sig" / "sig_311314_bad_object_small.h5")
     assert (t["jets"]["llp_mH"] == 125).all()
     assert schema.is_complete(tmp_path / "bib" / "bib.h5")
+    plain = tmp_path / "plain.yaml"  # a bare list works too
+    plain.write_text(f"- {{path: '{BIB}', type: bib, output_dir: plain}}\n")
+    assert convert(plain, "--output-dir", tmp_path) == 0
+    assert schema.is_complete(tmp_path / "plain" / "bib.h5")
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"- {{path: '{SIG}', type: sig}}\n")  # signal without masses
     assert convert(bad, "--output-dir", tmp_path) == ExitCode.CONFIG
+    assert "needs both mH and mS" in caplog.text
 
 
 def test_signal_without_masses_is_an_error(tmp_path, caplog):

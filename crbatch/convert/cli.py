@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 
 def _entries_from_yaml(path: Path) -> list[InputEntry]:
-    data: Any = load_yaml(path) if path.exists() else None
+    data: Any = load_yaml(path, allow_list=True) if path.exists() else None
     if data is None:
         raise CrbatchError(f"{path}: input list not found; check the path", ExitCode.INPUT_MISSING)
     items = data.get("inputs", data.get("input_files")) if isinstance(data, dict) else data

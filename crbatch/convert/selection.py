@@ -67,9 +67,8 @@ def _good_jets(a: ak.Array, cfg: ConvertDivertConfig) -> ak.Array:
 
 
 def _all_good(a: ak.Array, good: ak.Array) -> Selected:
-    # Rows in pT order within the event (DiVertAnalysis already orders jets, this keeps it explicit).
-    order = ak.argsort(a["jet_pT"], axis=1, ascending=False, stable=True)
-    sel = order[good[order]]
+    # Rows in ntuple order within the event (DiVertAnalysis writes jets in pT order).
+    sel = ak.local_index(good)[good]
     evt = np.repeat(np.arange(len(a)), ak.to_numpy(ak.num(sel)))
     jet = ak.to_numpy(ak.flatten(sel)).astype(np.int64)
     return Selected(evt, jet, np.full(len(evt), -1.0, np.float32))
@@ -169,43 +168,85 @@ def _pairs(index_branch: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return evt_of_obj[pos], pos, jet
 
 
-def _fill_objects(
-    a: ak.Array,
-    table: schema.ObjectTable,
-    branches: dict[str, str],
-    ukeys: np.ndarray,
-    key_base: int,
-    sort_by_pt: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fixed-slot table of the objects of each unique selected jet.
+_U_BITS = 19  # jets per chunk up to 2**19 fit the fast sort key; larger chunks fall back to lexsort
 
-    Returns (table (n_unique, slots), total associated count per jet, flat position of each
-    stored slot's object, -1 for padding).
+
+def _jet_then_pt_order(u: np.ndarray, pt: np.ndarray, n_jets: int) -> np.ndarray:
+    """Order by jet ``u`` ascending, then pT descending, then input position (stable).
+
+    Equivalent to ``np.lexsort((pos, -pt, u))`` for increasing ``pos``, but ~10× faster: one
+    stable sort of a 64-bit key (jet index in the top bits, an order-preserving image of the float64
+    pT — negative cluster energies included — in the rest; pTs equal to 2e-11 relative tie and keep
+    input order). ``u`` arrives nearly sorted, which the stable sort exploits.
     """
+    if n_jets >= 1 << _U_BITS:
+        return np.lexsort((np.arange(len(u)), -pt, u))
+    b = np.ascontiguousarray(pt, dtype=np.float64).view(np.uint64)
+    sortable = np.where(b >> np.uint64(63), ~b, b | np.uint64(1 << 63))  # float order → unsigned order
+    key = (u.astype(np.uint64) << np.uint64(64 - _U_BITS)) | (~sortable >> np.uint64(_U_BITS))
+    return np.argsort(key, kind="stable")
+
+
+@dataclass
+class JetIndex:
+    """Lookup from (event, jet index in the event) to the selected jet's row ``u`` (or -1)."""
+
+    lut: np.ndarray
+    key_base: int
+    n_jets: np.ndarray  # jets per event
+    n: int  # selected (unique) jets
+
+    @classmethod
+    def of(cls, a: ak.Array, ukeys: np.ndarray, key_base: int) -> JetIndex:
+        # A dense table, not a search: (events × max jets) int64 is a few MB per chunk.
+        lut = np.full(len(a) * key_base, -1, np.int64)
+        lut[ukeys] = np.arange(len(ukeys))
+        return cls(lut, key_base, ak.to_numpy(ak.num(a["jet_pT"])), len(ukeys))
+
+
+def _associate(
+    a: ak.Array, branches: dict[str, str], index: JetIndex, sort_by_pt: bool, slots: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Objects of each unique selected jet, in slot order.
+
+    Returns (jet u, slot rank, object values {feature: flat array of the kept objects}, total
+    associated count per jet before truncation, ``first``: the kept entries that are slot 0).
+    """
+    lut, key_base, n_jets = index.lut, index.key_base, index.n_jets
     evt, pos, jet = _pairs(a[branches["jetIndex"]])
-    keys = evt * key_base + jet
-    u = np.searchsorted(ukeys, keys)
-    u_ok = u < len(ukeys)
-    hit = np.zeros(len(keys), bool)
-    hit[u_ok] = ukeys[u[u_ok]] == keys[u_ok]
-    hit &= jet >= 0
+    ok = (jet >= 0) & (jet < n_jets[evt])  # -1: no jet; an index past the event's jets is ignored
+    u = np.full(len(jet), -1, np.int64)
+    u[ok] = lut[evt[ok] * key_base + jet[ok]]
+    hit = u >= 0
     u, pos = u[hit], pos[hit]
-    feats = {f: ak.to_numpy(ak.flatten(a[b])) for f, b in branches.items() if f != "jetIndex"}
+    flat = {f: ak.to_numpy(ak.flatten(a[b])) for f, b in branches.items() if f != "jetIndex"}
     # Leading (highest-pT) object first within the jet, file order on ties — as the reference.
-    order = np.lexsort((pos, -feats["pt"][pos], u)) if sort_by_pt else np.lexsort((pos, u))
+    order = _jet_then_pt_order(u, flat["pt"][pos], index.n) if sort_by_pt else np.argsort(u, kind="stable")
     u, pos = u[order], pos[order]
-    counts = np.bincount(u, minlength=len(ukeys))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    counts = np.bincount(u, minlength=index.n)
+    starts = np.cumsum(counts) - counts
     rank = np.arange(len(u)) - starts[u]
-    keep = rank < table.slots
+    keep = rank < slots
     u, pos, rank = u[keep], pos[keep], rank[keep]
-    out = np.zeros((len(ukeys), table.slots), table.dtype)
-    slot_pos = np.full((len(ukeys), table.slots), -1, np.int64)
-    out["valid"][u, rank] = True
-    slot_pos[u, rank] = pos
-    for f, v in feats.items():
-        out[f][u, rank] = v[pos]
-    return out, counts, slot_pos
+    values = {f: v[pos] for f, v in flat.items()}
+    return u, rank, values, counts, rank == 0
+
+
+def _scatter(table: schema.ObjectTable, n: int, u: np.ndarray, rank: np.ndarray, values: dict[str, np.ndarray]):
+    """(n, slots) structured table from per-object values; padding stays zero and invalid."""
+    dest = u * table.slots + rank
+    out = np.zeros(n * table.slots, table.dtype)
+    valid = np.zeros(n * table.slots, bool)
+    valid[dest] = True
+    out["valid"] = valid
+    col = np.empty(n * table.slots, np.float32)
+    for f in table.features:
+        # Scatter into a contiguous column, then one strided copy: much faster than fancy
+        # assignment into the structured array's field view.
+        col.fill(0.0)
+        col[dest] = values[f]
+        out[f] = col
+    return out.reshape(n, table.slots)
 
 
 def tables_for(a: ak.Array, sel: Selected, data_type: str, masses: tuple[float, float]) -> dict[str, np.ndarray]:
@@ -217,6 +258,8 @@ def tables_for(a: ak.Array, sel: Selected, data_type: str, masses: tuple[float, 
     key_base = int(ak.max(ak.num(a["jet_pT"]))) + 1
     keys = sel.evt * key_base + sel.jet
     ukeys, row_to_u = np.unique(keys, return_inverse=True)
+    nu = len(ukeys)
+    index = JetIndex.of(a, ukeys, key_base)
 
     jets = out["jets"]
     jets["label"] = int(schema.DATA_TYPES[data_type])
@@ -238,45 +281,40 @@ def tables_for(a: ak.Array, sel: Selected, data_type: str, masses: tuple[float, 
         for k, v in sel.llp.items():
             jets[f"llp_{k}"] = v
 
-    uj_eta = np.empty(len(ukeys), np.float64)
-    uj_phi = np.empty(len(ukeys), np.float64)
-    uj_eta[row_to_u] = jets["eta"]
-    uj_phi[row_to_u] = jets["phi"]
+    uj_eta = np.empty(nu, np.float64)
+    uj_phi = np.empty(nu, np.float64)
+    uj_eta[row_to_u] = ak.to_numpy(ak.flatten(a["jet_eta"]))[jpos]
+    uj_phi[row_to_u] = ak.to_numpy(ak.flatten(a["jet_phi"]))[jpos]
 
-    clus, n_clus, cpos = _fill_objects(a, schema.TABLES["clusters"], CLUSTER_BRANCHES, ukeys, key_base, True)
-    # Relative to the leading cluster of the jet (slot 0), so slot 0 is always (0, 0).
-    eta_all = ak.to_numpy(ak.flatten(a["clus_eta"]))
-    phi_all = ak.to_numpy(ak.flatten(a["clus_phi"]))
-    lead = cpos[:, 0]
-    has = lead >= 0
-    v = clus["valid"]
-    lead_eta = np.where(has, eta_all[np.maximum(lead, 0)], 0.0)[:, None]
-    lead_phi = np.where(has, phi_all[np.maximum(lead, 0)], 0.0)[:, None]
-    raw_eta = np.where(v, eta_all[np.maximum(cpos, 0)], 0.0)
-    raw_phi = np.where(v, phi_all[np.maximum(cpos, 0)], 0.0)
-    clus["eta"] = np.where(v, raw_eta - lead_eta, 0.0)
-    clus["phi"] = np.where(v, wrap_phi(raw_phi - lead_phi), 0.0)
+    # Clusters: η, φ relative to the leading cluster of the jet (slot 0), so slot 0 is (0, 0).
+    u, rank, v, n_clus, first = _associate(a, CLUSTER_BRANCHES, index, True, schema.N_CLUSTERS)
+    lead_eta, lead_phi = np.zeros(nu), np.zeros(nu)
+    lead_eta[u[first]], lead_phi[u[first]] = v["eta"][first], v["phi"][first]
+    v["eta"] = v["eta"] - lead_eta[u]
+    v["phi"] = wrap_phi(v["phi"] - lead_phi[u])
+    clus = _scatter(schema.TABLES["clusters"], nu, u, rank, v)
 
-    trk, n_trk, tpos = _fill_objects(a, schema.TABLES["tracks"], TRACK_BRANCHES, ukeys, key_base, True)
-    v = trk["valid"]
-    eta_all = ak.to_numpy(ak.flatten(a["track_eta"]))
-    phi_all = ak.to_numpy(ak.flatten(a["track_phi"]))
-    trk["eta"] = np.where(v, eta_all[np.maximum(tpos, 0)] - uj_eta[:, None], 0.0)
-    trk["phi"] = np.where(v, wrap_phi(phi_all[np.maximum(tpos, 0)] - uj_phi[:, None]), 0.0)
+    # Tracks: η, φ relative to the jet axis.
+    u, rank, v, n_trk, _ = _associate(a, TRACK_BRANCHES, index, True, schema.N_TRACKS)
+    v["eta"] = v["eta"] - uj_eta[u]
+    v["phi"] = wrap_phi(v["phi"] - uj_phi[u])
+    trk = _scatter(schema.TABLES["tracks"], nu, u, rank, v)
 
-    # Muon segments stay in file order (the C++ inference does not sort them).
-    mseg, n_mseg, mpos = _fill_objects(a, schema.TABLES["msegs"], MSEG_BRANCHES, ukeys, key_base, False)
-    v = mseg["valid"]
-    eta_all = ak.to_numpy(ak.flatten(a["MSeg_etaPos"]))
-    phi_all = ak.to_numpy(ak.flatten(a["MSeg_phiPos"]))
-    phid_all = ak.to_numpy(ak.flatten(a["MSeg_phiDir"]))
-    mp = np.maximum(mpos, 0)
-    mseg["etaPos"] = np.where(v, eta_all[mp] - uj_eta[:, None], 0.0)
-    mseg["phiPos"] = np.where(v, wrap_phi(phi_all[mp] - uj_phi[:, None]), 0.0)
-    mseg["phiDir"] = np.where(v, wrap_phi(phid_all[mp] - uj_phi[:, None]), 0.0)
+    # Muon segments stay in file order (the C++ inference does not sort them); position relative
+    # to the jet, direction φ relative to the jet, direction η absolute — as DiVertAnalysis.
+    u, rank, v, n_mseg, _ = _associate(a, MSEG_BRANCHES, index, False, schema.N_MSEGS)
+    v["etaPos"] = v["etaPos"] - uj_eta[u]
+    v["phiPos"] = wrap_phi(v["phiPos"] - uj_phi[u])
+    v["phiDir"] = wrap_phi(v["phiDir"] - uj_phi[u])
+    mseg = _scatter(schema.TABLES["msegs"], nu, u, rank, v)
 
-    out["clusters"], out["tracks"], out["msegs"] = clus[row_to_u], trk[row_to_u], mseg[row_to_u]
-    jets["n_clusters"] = n_clus[row_to_u]
-    jets["n_tracks"] = n_trk[row_to_u]
-    jets["n_msegs"] = n_mseg[row_to_u]
+    identity = nu == n and bool((row_to_u == np.arange(n)).all())
+    if identity:  # one row per jet in key order: no gather needed
+        out["clusters"], out["tracks"], out["msegs"] = clus, trk, mseg
+        jets["n_clusters"], jets["n_tracks"], jets["n_msegs"] = n_clus, n_trk, n_mseg
+    else:
+        out["clusters"], out["tracks"], out["msegs"] = clus[row_to_u], trk[row_to_u], mseg[row_to_u]
+        jets["n_clusters"] = n_clus[row_to_u]
+        jets["n_tracks"] = n_trk[row_to_u]
+        jets["n_msegs"] = n_mseg[row_to_u]
     return out
