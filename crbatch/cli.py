@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
     from .build import cli as build_cli
     from .convert import cli as convert_cli
+    from .evaluate import analyze_cli, score_cli
+    from .export import cli as export_cli
     from .report import plot_cli
     from .synth import cli as synth_cli
+    from .train import cli as train_cli
 
     p = argparse.ArgumentParser(
         prog="crbatch",
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cli.register(sub)
     build_cli.register(sub)
     plot_cli.register(sub)
+    train_cli.register(sub)
+    analyze_cli.register(sub)
+    export_cli.register(sub)
+    score_cli.register(sub)
     demo.register(sub)
     ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
     ec.set_defaults(func=_exit_codes)

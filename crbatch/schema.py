@@ -296,3 +296,61 @@ def is_complete(path: Path, kind: str | None = None) -> bool:
     except NotAcceptedError:
         return False
     return True
+
+
+# --- Training datasets (written by ``crbatch build``) and the model's input spec ------------------
+
+DATASET_JET_FIELDS: tuple[tuple[str, str], ...] = (
+    *JET_FIELDS,
+    ("pt_scaled", "f4"),  # jet pT after the dataset's scaling: the model's jet input (``pt`` stays GeV)
+    ("weight_xs", "f4"),  # mcEventWeight · σε / Σw_initial(DSID) for QCD; raw for signal; 1 for data/BIB
+    ("weight_balanced", "f4"),  # the reference's rescaling (main: QCD total = signal total; CR: MC = data)
+    ("source", "i4"),  # index into the file's ``shards`` attribute
+)
+DATASET_JET_DTYPE = np.dtype(list(DATASET_JET_FIELDS))
+
+SPLITS = ("train", "val", "test")
+DATASET_ROLES = ("main", "cr")  # main: QCD/signal/BIB classifier; cr: control region (multijet MC vs data)
+
+# Dataset file attributes (besides the common ones above).
+A_SPLIT = "split"
+A_ROLE = "role"
+A_SCALING = "scaling"  # JSON: the scaling constants (crbatch.scaling), so an exported model can carry them
+A_SUMMARY = "summary"  # JSON: per class and split jets / Σweights, files used and skipped
+A_SHARDS = "shards"  # JSON list of shard paths; ``jets.source`` indexes it
+A_BUILD_ID = "build_id"  # hash of config + inputs: a rebuild with the same id is skipped
+
+
+def dataset_filename(role: str, split: str) -> str:
+    """``main_train.h5``, ``cr_val.h5``, ...: the build's output names."""
+    return f"{role}_{split}{SHARD_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One network input: name, source table, slots (None for the per-jet vector), features in ORDER."""
+
+    name: str
+    table: str
+    slots: int | None
+    features: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.slots, len(self.features)) if self.slots else (len(self.features),)
+
+
+# The reference's tensorisation (reference-training.md §3.5); the exported model depends on this order.
+MODEL_INPUTS: tuple[ModelInput, ...] = (
+    ModelInput("clusters", "clusters", N_CLUSTERS, (
+        "pt", "eta", "phi", "l1hcal", "l1ecal", "l2hcal", "l2ecal", "l3hcal", "l3ecal", "l4ecal", "l4hcal", "time",
+    )),
+    ModelInput("tracks", "tracks", N_TRACKS, (
+        "pt", "eta", "phi", "vertex_nParticles", "d0", "z0", "chiSquared", "SCTShared", "SCTHoles", "SCTHits",
+    )),
+    ModelInput("msegs", "msegs", N_MSEGS, ("etaPos", "phiPos", "etaDir", "phiDir", "chiSquared", "t0")),
+    ModelInput("jet", "jets", None, ("pt", "eta", "phi")),
+)  # fmt: skip
+INPUT_NAMES = tuple(m.name for m in MODEL_INPUTS)
+MODEL_OUTPUTS: tuple[Label, ...] = (Label.QCD, Label.SIGNAL, Label.BIB)  # softmax order
+DATASET_JET_INPUT_FIELDS = ("pt_scaled", "eta", "phi")  # fields of a dataset's ``jets`` forming the jet input

@@ -1,0 +1,158 @@
+"""Command line of ``crbatch train``.
+
+``crbatch train`` starts a new run; ``--run N`` / ``--continue`` / ``--run-dir DIR`` work in an
+existing run (resuming from its checkpoint) or, for ``--run N`` ≥ 0 and ``--run-dir``, create it.
+A resumed run starts from its own ``config.yaml``; options given on the command line override it,
+except the fields that define the network or the order of the data (exit 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..config import add_config_arguments, deep_merge, load_yaml, validation_message
+from ..errors import ConfigError
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="adversarial training of the CalRatio classifier, with epoch checkpoints and automatic resume",
+        description="Train the CalRatio per-jet classifier against the data/MC adversary on `crbatch build` "
+        "datasets (default: demo/datasets). Every epoch writes the classifier (epochs/NNN.keras), the history "
+        "and a checkpoint into training_results/<model_name>/<NNNNN>/; a rerun on that run continues from the "
+        "checkpoint. On SIGTERM it checkpoints and exits with checkpoint_exit_code (85). "
+        "Exit codes: see `crbatch exit-codes`.",
+    )
+    g = p.add_argument_group("run").add_mutually_exclusive_group()
+    g.add_argument("--run", type=int, metavar="N",
+                   help="work in run N of the model (created if absent; negative: counted from the latest, -1 = latest)")  # fmt: skip
+    g.add_argument("--continue", dest="continue_latest", action="store_true", help="continue the latest run")
+    g.add_argument("--run-dir", type=Path, metavar="DIR", help="work in this run directory (created if absent)")
+    add_config_arguments(p, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the user gave: ``--config`` YAML < ``--set`` < per-field flags (nested dict)."""
+    out: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for item in getattr(args, "set", []) or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+        d = out
+        keys = k.strip().split(".")
+        for key in keys[:-1]:
+            d = d.setdefault(key, {})
+        d[keys[-1]] = value
+    for k, v in vars(args).items():
+        if k.startswith("cfg__") and v is not None:
+            out[k[5:]] = v
+    return out
+
+
+def _validate(data: dict[str, Any], source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, source)) from e
+
+
+def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, dict[str, Any] | None]:
+    """(config, run directory or None for a new run, the run's saved config or None)."""
+    from . import runs
+
+    explicit = explicit_overrides(args)
+    cfg = _validate(explicit, str(args.config) if getattr(args, "config", None) else "the command line")
+    model_dir = cfg.output_dir / cfg.model_name
+    if args.run_dir is not None:
+        run_dir: Path | None = args.run_dir
+    elif args.continue_latest or args.run is not None:
+        run_dir = runs.find_run(model_dir, -1 if args.continue_latest else args.run)
+    else:
+        run_dir = None
+    saved = runs.read_saved_config(run_dir) if run_dir is not None else None
+    if saved is not None:
+        cfg = _validate(deep_merge(saved, explicit), f"{run_dir / runs.CONFIG_NAME} + command line")
+        bad = cfg.incompatible_with(saved)
+        if bad:
+            changes = ", ".join(f"{k}: {saved[k]!r} → {getattr(cfg, k)!r}" for k in bad)
+            raise ConfigError(
+                f"cannot resume {run_dir}: {changes} differ from the run's config.yaml "
+                "(network or data order); start a new run instead"
+            )
+    return cfg, run_dir, saved
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import runs
+    from .loop import StopFlag, TrainData, train
+
+    cfg, run_dir, saved = resolve(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    # Check the inputs before creating anything: a bad --data leaves no empty run directory behind.
+    TrainData.check_inputs(cfg)
+    run_dir = runs.claim(cfg.output_dir / cfg.model_name, run_dir)
+    text = cfg.to_yaml()
+    env = runs.environment()
+    if saved is None:
+        runs.write_config(run_dir, text)
+        runs.append_details(run_dir, "start", {"run": str(run_dir), **env}, text)
+    else:
+        changed = {k: f"{saved.get(k)!r} → {v!r}" for k, v in cfg.model_dump(mode="json").items() if saved.get(k) != v}
+        if changed:
+            runs.write_config(run_dir, text)
+        runs.append_details(
+            run_dir, "resume", {"run": str(run_dir), **env, **{f"changed {k}": v for k, v in changed.items()}}
+        )
+    log.info("run directory %s", run_dir)
+    with StopFlag() as stop:
+        result = train(cfg, run_dir, stop=stop)
+    if result.status == "checkpointed":
+        runs.append_details(run_dir, "checkpointed", {"epochs done": result.epochs_done})
+        return cfg.checkpoint_exit_code
+    runs.append_details(run_dir, "complete", {"epochs done": result.epochs_done})
+    print(f"run: {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crbatch.train.cli train ...``: the top-level ``crbatch`` command with ``train``
+    registered, whether or not crbatch/cli.py registers it already (used by the tests' subprocesses)."""
+    from .. import cli as top
+
+    build = top.build_parser
+
+    def with_train() -> argparse.ArgumentParser:
+        p = build()
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        if "train" not in sub.choices:
+            register(sub)
+        return p
+
+    top.build_parser = with_train
+    try:
+        return top.main(argv)
+    finally:
+        top.build_parser = build
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
