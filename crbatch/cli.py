@@ -45,6 +45,7 @@ def _exit_codes(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo
+    from .batch import cli as batch_cli
     from .build import cli as build_cli
     from .convert import cli as convert_cli
     from .evaluate import analyze_cli, score_cli
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.register(sub)
     score_cli.register(sub)
     demo.register(sub)
+    batch_cli.register(sub)
     ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
     ec.set_defaults(func=_exit_codes)
     return p

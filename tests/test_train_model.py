@@ -16,6 +16,9 @@ keras = pytest.importorskip("keras")
 
 from crbatch.train.model import build_adversary, build_classifier, count_params, input_shapes  # noqa: E402
 
+# TensorFlow tensors lack numpy 2's __array__(copy=...): Keras' convert_to_numpy warns on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def reference():

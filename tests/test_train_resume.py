@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--batch-size", "32", "--frac-list", "0.5", "--eval-batch-size", "64"]
 
 
+# TensorFlow tensors lack numpy 2's __array__(copy=...): Keras' convert_to_numpy warns on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> Path:
     from crbatch.cli import main

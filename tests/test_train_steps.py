@@ -9,6 +9,7 @@ findings to OUT/result.json; the tests assert on them. A small network keeps the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -193,6 +194,9 @@ def _cheap_checks(res: dict, rng) -> None:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def result(request, tmp_path_factory):
+    for module in ("keras", request.param):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (the train / jax extras)")
     out = tmp_path_factory.mktemp(f"steps_{request.param}")
     env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "2"}
     r = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from ..config import add_config_arguments, load_yaml, resolve_config, validation_message
 from ..errors import ConfigError, CrbatchError, ExitCode
 from ..inputs import expand, is_yaml_list
-from . import runner
+from . import runner, xaod
 from .config import ConvertDivertConfig, ConvertLegacyConfig, InputEntry
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def register(sub) -> None:
     lp.add_argument("--out", type=Path, metavar="FILE.h5", help="output file, for a single INPUT")
     add_config_arguments(lp, ConvertLegacyConfig)
     lp.set_defaults(func=run_legacy)
+
+    xaod.register(csub)
 
 
 def _entries_from_yaml(path: Path) -> list[InputEntry]:

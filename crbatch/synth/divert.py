@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import schema
+from .. import __version__, schema
 from ..errors import ConfigError, CrbatchError, ExitCode, Transient
 from ..progress import Progress
 from . import physics as ph
@@ -466,7 +466,9 @@ def load_root():
 @contextlib.contextmanager
 def _tree_writer(path: Path, spec: Spec, compression: int) -> Iterator[tuple[object, dict[str, int]]]:
     ROOT = load_root()
-    title = f"crbatch synth divert type={spec.data_type} seed={spec.seed} events={spec.events}"
+    # The tree title records what made the file (the generator's whole config), like every crbatch output.
+    title = (f"crbatch {__version__} synth divert type={spec.data_type} events={spec.events} seed={spec.seed} "
+             f"mH={spec.mH} mS={spec.mS} dsid={spec.dsid} compression={compression}")  # fmt: skip
     w = ROOT.crbatch_synth.Writer(str(path), TREE, title, compression)
     if not w.ok():
         raise Transient(f"{path}: cannot create the ROOT file; check the directory is writable")

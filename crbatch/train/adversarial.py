@@ -28,7 +28,6 @@ that compiles are dispatched on the backend (TensorFlow: ``GradientTape`` + ``tf
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +48,6 @@ ACC_NAMES = (
     "clf_reg_sum", "clf_batches",  # L1L2 penalty, number of classifier steps
     "disc_bce_sum", "disc_n", "disc_correct",  # last discriminator step of each batch
 )  # fmt: skip
-ACC = {n: i for i, n in enumerate(ACC_NAMES)}
 
 State = dict[str, Any]  # {"clf_tv", "clf_ntv", "adv_tv", "adv_ntv": [arrays], "opt": {name: [arrays]}, "acc": array}
 Batch = dict[str, Any]  # main: {"x": [4 arrays], "y": int32, "w": f32, "m": f32}; cr: {"x", "t": f32, "w": f32}
@@ -115,7 +113,8 @@ def _compile(fn: Callable) -> Callable:
     import tensorflow as tf
 
     # reduce_retracing: a last, shorter batch of an epoch gets a shape-generic trace instead of a new one each time.
-    return tf.function(fn, reduce_retracing=True, jit_compile=os.environ.get("CRBATCH_TF_XLA", "0") == "1")
+    # No XLA (jit_compile): on CPU it ran the LSTM loops 3× slower than TensorFlow's own kernels.
+    return tf.function(fn, reduce_retracing=True)
 
 
 def release_memory() -> None:

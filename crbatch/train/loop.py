@@ -417,135 +417,181 @@ def train(
 
     Returns when done, or after writing a checkpoint when ``stop`` was set (SIGTERM).
     """
-    import keras
-
     from . import adversarial as adv
-    from .adversarial import ACC_NAMES, AdversarialTrainer, epoch_metrics
-    from .model import build_adversary, build_classifier, count_params
 
-    hook = hook or default_hook()
-    stop = stop or StopFlag()
     adv.keep_tensorflow_out()
     adv.seed_all(cfg.seed)
     if cfg.deterministic:
         adv.enable_determinism()
     data = TrainData(cfg)
     try:
-        classifier, adversary = build_classifier(cfg), build_adversary()
-        trainer = AdversarialTrainer(classifier, adversary, cfg)
-        st = trainer.initial_state()
-        ckpt = run_dir / checkpoint.NAME
-        epoch, step, phase, history, times = 0, 0, "train", {}, {"train": 0.0}
-        if ckpt.exists():
-            values, meta, keys = checkpoint.read(ckpt)
-            if meta.get("backend") != keras.backend.backend():
-                log.warning("checkpoint written by the %s backend, resuming on %s: continues, but not bit-identically",
-                            meta.get("backend"), keras.backend.backend())  # fmt: skip
-            host = checkpoint.restore_state(values, checkpoint.to_host(st), ckpt)
-            st = keras.tree.map_structure(keras.ops.convert_to_tensor, host)
-            checkpoint.set_rng_state(meta["rng"], keys)
-            data.check_reader_state(meta["reader"])
-            epoch, step, phase, history = meta["epoch"], meta["step"], meta["phase"], meta["history"]
-            times = meta.get("times", times)
-            log.info("resuming %s at epoch %d, step %d/%d (%s)", run_dir, epoch, step, data.steps, phase)
-        else:
-            runs.write_text(run_dir / "model_summary.txt", model_summary(classifier, adversary))
-            if cfg.n_mass_features:
-                runs.dump_json(run_dir / "parametrization.json", data.parametrization)
-        log.info("classifier %d parameters, adversary %d+%d; %d steps of %d jets per epoch, backend %s",
-                 count_params(classifier)[0], *count_params(adversary), data.steps, data.batch_size, keras.backend.backend())  # fmt: skip
-        if epoch >= cfg.epochs:
-            log.info("%s: all %d epochs done already", run_dir, cfg.epochs)
-            return TrainResult("complete", epoch, run_dir)
-        plots = run_dir / "plots"
-        (run_dir / "epochs").mkdir(exist_ok=True)
-        plots.mkdir(exist_ok=True)
-        window = _jet_pt_window(data.attrs["main", "val"])
-
-        def save(e: int, s: int, ph: str) -> None:
-            meta = {"epoch": e, "step": s, "phase": ph, "reader": data.reader_state(e, s), "history": history,
-                    "times": times, "backend": keras.backend.backend(), "config": cfg.model_dump(mode="json"),
-                    "acc_names": list(ACC_NAMES), "steps_per_epoch": data.steps,
-                    "classifier_variables": [v.path for v in classifier.variables]}  # fmt: skip
-            checkpoint.write(ckpt, st, meta)
-
-        def checkpointed(e: int, s: int, ph: str) -> TrainResult:
-            save(e, s, ph)
-            log.warning("checkpoint written at epoch %d, step %d (%s): resubmit to continue", e, s, ph)
-            return TrainResult("checkpointed", e, run_dir)
-
-        test_stop = os.environ.get(TEST_SIGNAL_ENV)
-        compiled = False
-        while epoch < cfg.epochs:
-            if phase == "train":
-                t0 = time.perf_counter()
-                bar = Progress(data.steps, f"epoch {epoch}", "batches")
-                bar.update(step)
-                try:
-                    for main, cr in data.train_batches(epoch, step):
-                        if stop():
-                            return checkpointed(epoch, step, "train")
-                        if compiled:
-                            st = trainer.train_batch(st, main, cr)
-                        else:  # the first call traces and compiles: timed apart from the steady steps
-                            tc = time.perf_counter()
-                            st = trainer.train_batch(st, main, cr)
-                            keras.ops.convert_to_numpy(st["acc"])
-                            times["compile"] = times.get("compile", 0.0) + time.perf_counter() - tc
-                            compiled = True
-                        step += 1
-                        bar.update(1)
-                        if test_stop == f"{epoch}:{step}":
-                            os.kill(os.getpid(), signal.SIGTERM)
-                        if stop():
-                            times["train"] += time.perf_counter() - t0
-                            return checkpointed(epoch, step, "train" if step < data.steps else "eval")
-                finally:
-                    bar.close()
-                times["train"] += time.perf_counter() - t0
-                phase = "eval"
-            if stop():
-                return checkpointed(epoch, step, "eval")
-            t1 = time.perf_counter()
-            train_m = epoch_metrics(keras.ops.convert_to_numpy(st["acc"]), cfg.adversary_weight)
-            trainer.push(st)
-            save_classifier(classifier, run_dir / "epochs" / f"{epoch:03d}.keras")
-            frozen = st  # the state the validation sees (bound now, not at call time)
-            try:
-                val_m = hook(
-                    lambda x, s=frozen: trainer.predict(s, x), lambda p, s=frozen: trainer.predict_adversary(s, p),
-                    lambda: data.val_batches("main", stop), lambda: data.val_batches("cr", stop),
-                    epoch, plots, adversary_weight=cfg.adversary_weight, jet_pt_window=window,
-                )  # fmt: skip
-            except _Interrupted:
-                return checkpointed(epoch, step, "eval")
-            except BaseException:
-                save(epoch, step, "eval")  # the epoch's training is kept even if the validation fails
-                raise
-            t_eval = time.perf_counter() - t1
-            adv.release_memory()  # the validation's buffers: keep the RSS flat from epoch to epoch
-            jets = data.steps * data.batch_size
-            steady = times["train"] - times.get("compile", 0.0)
-            entry = {"epoch": epoch, **train_m, **dict(val_m), "time_train_s": times["train"],
-                     "time_compile_s": times.get("compile", 0.0), "time_eval_s": t_eval,
-                     "train_jets_per_s": jets / max(steady, 1e-9)}  # fmt: skip
-            for k in set(history) | set(entry):
-                history.setdefault(k, [math.nan] * epoch).append(_number(entry.get(k, math.nan)))
-            write_history(run_dir, history)
-            _plot_history(history, plots)
-            st["acc"] = keras.ops.zeros((len(ACC_NAMES),), "float32")
-            epoch, step, phase, times = epoch + 1, 0, "train", {"train": 0.0}
-            save(epoch, 0, "train")
-            log.info("epoch %d done (%d/%d): loss CE %.4f (val %.4f), adversary BCE %.4f (val %.4f), K-S sig %.3f; "
-                     "%.0f jets/s, validation %.1f s", epoch - 1, epoch, cfg.epochs, train_m["original_lossf"],
-                     entry.get("val_original_lossf", math.nan), train_m["adv_loss"], entry.get("val_adv_loss", math.nan),
-                     entry.get("ks_sig_hist", math.nan), entry["train_jets_per_s"], t_eval)  # fmt: skip
-            if stop():
-                log.warning("stop requested: checkpoint written after epoch %d; resubmit to continue", epoch)
-                return TrainResult("checkpointed", epoch, run_dir)
-        return TrainResult("complete", epoch, run_dir)
+        return _Session(cfg, run_dir, data, hook or default_hook(), stop or StopFlag()).run()
     finally:
         data.close()
+
+
+class _Session:
+    """One invocation's work on a run: restore, then train and validate epoch after epoch.
+
+    Position in the run: ``epoch`` (0-based), ``step`` (batches of it done) and ``phase``: "train"
+    (steps left in the epoch) or "eval" (all steps done, its validation and files not yet).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: TrainData, hook: EpochHook, stop: StopFlag):
+        import keras
+
+        from .adversarial import AdversarialTrainer
+        from .model import build_adversary, build_classifier
+
+        self.cfg, self.run_dir, self.data, self.hook, self.stop = cfg, run_dir, data, hook, stop
+        self.backend = keras.backend.backend()
+        self.classifier, self.adversary = build_classifier(cfg), build_adversary()
+        self.trainer = AdversarialTrainer(self.classifier, self.adversary, cfg)
+        self.st = self.trainer.initial_state()
+        self.ckpt = run_dir / checkpoint.NAME
+        self.epoch, self.step, self.phase = 0, 0, "train"
+        self.history: dict[str, list[float]] = {}
+        self.times: dict[str, float] = {"train": 0.0}  # of the current epoch
+        self.compiled = False
+        self.test_stop = os.environ.get(TEST_SIGNAL_ENV)
+
+    def run(self) -> TrainResult:
+        from .model import count_params
+
+        if self.ckpt.exists():
+            self.restore()
+        else:
+            runs.write_text(self.run_dir / "model_summary.txt", model_summary(self.classifier, self.adversary))
+            if self.cfg.n_mass_features:
+                runs.dump_json(self.run_dir / "parametrization.json", self.data.parametrization)
+        log.info("classifier %d parameters, adversary %d+%d; %d steps of %d jets per epoch, backend %s",
+                 count_params(self.classifier)[0], *count_params(self.adversary), self.data.steps,
+                 self.data.batch_size, self.backend)  # fmt: skip
+        if self.epoch >= self.cfg.epochs:
+            log.info("%s: all %d epochs done already", self.run_dir, self.cfg.epochs)
+            return TrainResult("complete", self.epoch, self.run_dir)
+        (self.run_dir / "epochs").mkdir(exist_ok=True)
+        (self.run_dir / "plots").mkdir(exist_ok=True)
+        while self.epoch < self.cfg.epochs:
+            if self.phase == "train" and not self.train_epoch():
+                return self.checkpointed()
+            if self.stop() or not self.validate_epoch():
+                return self.checkpointed()
+            if self.stop():
+                log.warning("stop requested: checkpoint written after epoch %d; resubmit to continue", self.epoch)
+                return TrainResult("checkpointed", self.epoch, self.run_dir)
+        return TrainResult("complete", self.epoch, self.run_dir)
+
+    # -- phases --
+
+    def train_epoch(self) -> bool:
+        """The epoch's remaining steps; False when stopped before the end (position saved by the caller)."""
+        import keras
+
+        t0 = time.perf_counter()
+        bar = Progress(self.data.steps, f"epoch {self.epoch}", "batches")
+        bar.update(self.step)
+        try:
+            for main, cr in self.data.train_batches(self.epoch, self.step):
+                if self.stop():
+                    return False
+                if self.compiled:
+                    self.st = self.trainer.train_batch(self.st, main, cr)
+                else:  # the first call traces and compiles: timed apart from the steady steps
+                    tc = time.perf_counter()
+                    self.st = self.trainer.train_batch(self.st, main, cr)
+                    keras.ops.convert_to_numpy(self.st["acc"])
+                    self.times["compile"] = self.times.get("compile", 0.0) + time.perf_counter() - tc
+                    self.compiled = True
+                self.step += 1
+                bar.update(1)
+                if self.test_stop == f"{self.epoch}:{self.step}":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                if self.stop():
+                    if self.step >= self.data.steps:
+                        self.phase = "eval"
+                    return False
+        finally:
+            bar.close()
+            self.times["train"] += time.perf_counter() - t0
+        self.phase = "eval"
+        return True
+
+    def validate_epoch(self) -> bool:
+        """Metrics, classifier file, validation hook, history, checkpoint; False when stopped inside the hook."""
+        import keras
+
+        from .adversarial import ACC_NAMES, epoch_metrics, release_memory
+
+        cfg, trainer, st = self.cfg, self.trainer, self.st
+        t1 = time.perf_counter()
+        train_m = epoch_metrics(keras.ops.convert_to_numpy(st["acc"]), cfg.adversary_weight)
+        trainer.push(st)
+        save_classifier(self.classifier, self.run_dir / "epochs" / f"{self.epoch:03d}.keras")
+        try:
+            val_m = self.hook(
+                lambda x: trainer.predict(st, x), lambda p: trainer.predict_adversary(st, p),
+                lambda: self.data.val_batches("main", self.stop), lambda: self.data.val_batches("cr", self.stop),
+                self.epoch, self.run_dir / "plots", adversary_weight=cfg.adversary_weight,
+                jet_pt_window=_jet_pt_window(self.data.attrs["main", "val"]),
+            )  # fmt: skip
+        except _Interrupted:
+            return False
+        except BaseException:
+            self.save()  # the epoch's training is kept even if its validation fails
+            raise
+        t_eval = time.perf_counter() - t1
+        release_memory()  # the validation's buffers: keep the RSS flat from epoch to epoch
+        steady = self.times["train"] - self.times.get("compile", 0.0)
+        entry = {"epoch": self.epoch, **train_m, **dict(val_m), "time_train_s": self.times["train"],
+                 "time_compile_s": self.times.get("compile", 0.0), "time_eval_s": t_eval,
+                 "train_jets_per_s": self.data.steps * self.data.batch_size / max(steady, 1e-9)}  # fmt: skip
+        for k in set(self.history) | set(entry):
+            self.history.setdefault(k, [math.nan] * self.epoch).append(_number(entry.get(k, math.nan)))
+        write_history(self.run_dir, self.history)
+        _plot_history(self.history, self.run_dir / "plots")
+        self.st["acc"] = keras.ops.zeros((len(ACC_NAMES),), "float32")
+        self.epoch, self.step, self.phase, self.times = self.epoch + 1, 0, "train", {"train": 0.0}
+        self.save()
+        log.info("epoch %d done (%d/%d): loss CE %.4f (val %.4f), adversary BCE %.4f (val %.4f), K-S sig %.3f; "
+                 "%.0f jets/s, validation %.1f s", self.epoch - 1, self.epoch, cfg.epochs, train_m["original_lossf"],
+                 entry.get("val_original_lossf", math.nan), train_m["adv_loss"], entry.get("val_adv_loss", math.nan),
+                 entry.get("ks_sig_hist", math.nan), entry["train_jets_per_s"], t_eval)  # fmt: skip
+        return True
+
+    # -- checkpoint --
+
+    def save(self) -> None:
+        from .adversarial import ACC_NAMES
+
+        meta = {"epoch": self.epoch, "step": self.step, "phase": self.phase,
+                "reader": self.data.reader_state(self.epoch, self.step), "history": self.history,
+                "times": self.times, "backend": self.backend, "config": self.cfg.model_dump(mode="json"),
+                "acc_names": list(ACC_NAMES), "steps_per_epoch": self.data.steps,
+                "classifier_variables": [v.path for v in self.classifier.variables]}  # fmt: skip
+        checkpoint.write(self.ckpt, self.st, meta)
+
+    def checkpointed(self) -> TrainResult:
+        self.save()
+        log.warning("checkpoint written at epoch %d, step %d (%s): resubmit to continue", self.epoch, self.step,
+                    self.phase)  # fmt: skip
+        return TrainResult("checkpointed", self.epoch, self.run_dir)
+
+    def restore(self) -> None:
+        import keras
+
+        values, meta, keys = checkpoint.read(self.ckpt)
+        if meta.get("backend") != self.backend:
+            log.warning("checkpoint written by the %s backend, resuming on %s: continues, but not bit-identically",
+                        meta.get("backend"), self.backend)  # fmt: skip
+        host = checkpoint.restore_state(values, checkpoint.to_host(self.st), self.ckpt)
+        self.st = keras.tree.map_structure(keras.ops.convert_to_tensor, host)
+        checkpoint.set_rng_state(meta["rng"], keys)
+        self.data.check_reader_state(meta["reader"])
+        self.epoch, self.step, self.phase, self.history = meta["epoch"], meta["step"], meta["phase"], meta["history"]
+        self.times = meta.get("times", self.times)
+        log.info("resuming %s at epoch %d, step %d/%d (%s)", self.run_dir, self.epoch, self.step, self.data.steps,
+                 self.phase)  # fmt: skip
 
 
 def _number(v: Any) -> float | int:

@@ -1,0 +1,244 @@
+"""What is done, failed, running or missing — from the shared storage alone, no scheduler query.
+
+Three sources, all on the storage (crbatch/batch/layout.py):
+- completion marks of the outputs (a shard or dataset with ``complete`` set; a run whose history
+  has every epoch; the analysis report and the exports);
+- the status file each ``jobs/*.sh`` writes atomically when a job starts and ends (state, crbatch's
+  exit code, attempt, host, scheduler id, log path) and the ``.err`` file with the error lines;
+- the training's ``history.json`` (epochs done) and ``config.yaml`` (epochs wanted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import schema
+from ..errors import DO_NOT_RETRY, EXIT_CODE_HELP, ExitCode
+from .plan import STAGES, Plan, Task
+
+STATES = ("done", "running", "checkpointed", "failed", "missing")
+
+
+@dataclass
+class JobStatus:
+    job: str
+    stage: str
+    state: str  # one of STATES
+    detail: str = ""  # error message, training progress, ...
+    exit: int | None = None  # crbatch's exit code of the last attempt
+    retry: bool | None = None  # whether retrying can help (None: not failed)
+    attempts: int = 0
+    host: str = ""
+    scheduler: str = ""
+    since: float | None = None  # start of the last attempt (epoch seconds)
+    log: str = ""
+    error: list[str] | None = None  # the .err lines
+    epochs: tuple[int, int] | None = None  # train: (done, wanted)
+
+
+def read_status_file(path: Path) -> dict[str, str] | None:
+    """``key=value`` lines of a job's status file, or None when there is none."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k.strip()] = v
+    return out
+
+
+def _int(v: str | None, default: int | None = None) -> int | None:
+    try:
+        return int(v) if v is not None else default
+    except ValueError:
+        return default
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has finished (the length of its history.json), 0 when none."""
+    try:
+        hist = json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    ep = hist.get("epoch") if isinstance(hist, dict) else None
+    return len(ep) if isinstance(ep, list) else 0
+
+
+def output_done(plan: Plan, task: Task) -> bool:
+    """Whether the task's outputs are all there and complete (the job would do nothing)."""
+    p, lay = plan.pipeline, plan.layout
+    if task.stage == "convert":
+        return schema.is_complete(Path(task.outputs[0]), "shard")
+    if task.stage == "build":
+        roles = ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else [])
+        files = [lay.datasets / f"{r}_{s}.h5" for r in roles for s in ("train", "val", "test")]
+        return (lay.datasets / "summary.json").is_file() and all(schema.is_complete(f, "dataset") for f in files)
+    if task.stage == "train":
+        return epochs_done(lay.run_dir) >= p.epochs
+    if task.stage == "analyze":
+        if not lay.report.is_file():
+            return False
+        return not p.analyze.export.enabled or any(lay.exports.glob("*.preprocessing.json"))
+    return False
+
+
+def _local_pid_dead(scheduler: str, host: str) -> bool:
+    """A ``local:<pid>`` job on this host whose process is gone (killed without writing its status)."""
+    kind, _, pid = scheduler.partition(":")
+    if kind != "local" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def job_status(plan: Plan, task: Task) -> JobStatus:
+    lay = plan.layout
+    sf = read_status_file(lay.status_file(task.job)) or {}
+    st = JobStatus(task.job, task.stage, "missing")
+    st.attempts = _int(sf.get("attempt"), 0) or 0
+    st.host, st.scheduler, st.log = sf.get("host", ""), sf.get("scheduler", ""), sf.get("log", "")
+    st.since = _int(sf.get("start"))
+    st.exit = _int(sf.get("exit"))
+    recorded = sf.get("state", "")
+    if task.stage == "train":
+        st.epochs = (epochs_done(lay.run_dir), plan.pipeline.epochs)
+        st.detail = f"epoch {st.epochs[0]}/{st.epochs[1]}"
+    done = output_done(plan, task)
+    if recorded == "running" and _local_pid_dead(st.scheduler, st.host):
+        recorded = "done" if done else "failed"
+        if not done:
+            st.detail, st.retry = "lost: its process is gone (killed?)" + (f"; {st.detail}" if st.detail else ""), True
+    if recorded == "running":
+        st.state = "running"
+    elif done:
+        st.state = "done"
+    elif recorded in ("failed", "checkpointed"):
+        st.state = recorded
+    elif recorded == "done":  # the job finished but its output is gone or incomplete now
+        st.state, st.detail = "missing", "output removed or incomplete since the job ran"
+    if st.state == "failed":
+        try:
+            st.error = [ln for ln in lay.err_file(task.job).read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            st.error = []
+        if st.exit is not None and st.retry is None:
+            st.retry = st.exit not in {int(c) for c in DO_NOT_RETRY}
+            try:
+                meaning = EXIT_CODE_HELP[ExitCode(st.exit)]
+            except ValueError:
+                meaning = "killed by a signal" if st.exit > 128 else "unknown exit code"
+            st.detail = f"exit {st.exit}: {meaning}" + (f"; {st.detail}" if st.detail else "")
+    return st
+
+
+def collect_status(plan: Plan) -> dict[str, JobStatus]:
+    return {t.job: job_status(plan, t) for s in STAGES for t in plan.stage(s)}
+
+
+def todo(plan: Plan, states: dict[str, JobStatus]) -> dict[str, list[Task]]:
+    """Tasks to (re)run: those not done, and every task of a stage after one that reruns (its inputs change)."""
+    out: dict[str, list[Task]] = {}
+    rerun_upstream = False
+    for stage in STAGES:
+        tasks = [t for t in plan.stage(stage) if rerun_upstream or states[t.job].state != "done"]
+        out[stage] = tasks
+        rerun_upstream = rerun_upstream or bool(tasks)
+    return out
+
+
+def complete(states: dict[str, JobStatus]) -> bool:
+    return all(s.state == "done" for s in states.values())
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _age(since: float | None) -> str:
+    if since is None:
+        return ""
+    s = max(0, int(time.time() - since))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def summary_rows(plan: Plan, states: dict[str, JobStatus]) -> list[dict[str, Any]]:
+    rows = []
+    for stage in (s for s in STAGES if plan.stage(s)):
+        sts = [states[t.job] for t in plan.stage(stage)]
+        row: dict[str, Any] = {"stage": stage, "jobs": len(sts)}
+        row.update({s: sum(1 for x in sts if x.state == s) for s in STATES})
+        rows.append(row)
+    return rows
+
+
+def _line(st: JobStatus) -> str:
+    bits = [f"{st.job}: {st.state}"]
+    if st.detail:
+        bits.append(st.detail)
+    if st.state == "running":
+        bits.append(f"on {st.host or '?'} for {_age(st.since)}, attempt {st.attempts} ({st.scheduler})")
+    elif st.state == "failed":
+        hint = "" if st.retry or "do not retry" in st.detail else ", do not retry: fix the input or config"
+        bits.append(f"attempt {st.attempts}{hint}")
+    return " — ".join(bits)
+
+
+def render_text(plan: Plan, states: dict[str, JobStatus], show_all: bool = False, markdown: bool = False) -> str:
+    """The status table and the jobs that need attention (every job with ``show_all``)."""
+    p, lay = plan.pipeline, plan.layout
+    out = []
+    if markdown:
+        out += [
+            f"# Pipeline {p.name}: status",
+            "",
+            f"Storage: `{lay.root}`; written {time.strftime('%Y-%m-%d %H:%M:%S %z')}.",
+            "",
+        ]
+        out += ["| stage | jobs | " + " | ".join(STATES) + " |", "|---|---:|" + "---:|" * len(STATES)]
+        for r in summary_rows(plan, states):
+            out.append(f"| {r['stage']} | {r['jobs']} | " + " | ".join(str(r[s] or "") for s in STATES) + " |")
+    else:
+        out.append(f"pipeline {p.name}   storage {lay.root}")
+        out.append(f"{'stage':<9}{'jobs':>6}" + "".join(f"{s:>14}" for s in STATES))
+        for r in summary_rows(plan, states):
+            out.append(f"{r['stage']:<9}{r['jobs']:>6}" + "".join(f"{r[s] or '':>14}" for s in STATES))
+    listed = [st for st in states.values() if show_all or st.state != "done" or st.stage == "train"]
+    order = {s: i for i, s in enumerate(("failed", "running", "checkpointed", "missing", "done"))}
+    listed.sort(key=lambda st: (order[st.state], STAGES.index(st.stage), st.job))
+    if listed:
+        out.append("")
+        for st in listed:
+            out.append(("- " if markdown else "  ") + _line(st))
+            for ln in (st.error or [])[-3:]:
+                out.append(("    " if markdown else "      | ") + ln.strip())
+            if st.state == "failed" and st.log:
+                out.append(("    " if markdown else "      ") + f"log: {st.log}")
+    if lay.report.is_file():
+        out += ["", f"report: {lay.report}"]
+    return "\n".join(out) + "\n"
+
+
+def as_json(plan: Plan, states: dict[str, JobStatus]) -> dict[str, Any]:
+    return {
+        "pipeline": plan.pipeline.name,
+        "storage": str(plan.layout.root),
+        "complete": complete(states),
+        "stages": summary_rows(plan, states),
+        "jobs": [asdict(s) for s in states.values()],
+        "report": str(plan.layout.report) if plan.layout.report.is_file() else None,
+    }

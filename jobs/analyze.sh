@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Batch entry point: the training's report (`crbatch analyze`), then the deployable model
+# (`crbatch export`, when the pipeline enables it).
+#   jobs/analyze.sh PLAN_DIR
+# Exit codes: see jobs/common.sh (0 done, 65 do not retry, others retry).
+set -euo pipefail
+# shellcheck source=common.sh source-path=SCRIPTDIR
+. "${CRBATCH_JOBS:-$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")}/common.sh"
+
+crb_setup analyze "${1:-}" 0
+crb_status running
+crb_exec "$CRB_TASK.args"
+if [ "$CRB_RC" = 0 ] && [ -r "$CRB_TASK.export.args" ]; then
+  crb_exec "$CRB_TASK.export.args"
+fi
+crb_finish "$CRB_RC"
