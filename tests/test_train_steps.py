@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BACKENDS = ("tensorflow", "jax")
+# JAX's compilations take ~40 s on a 2-core CPU: its run is marked slow (it still runs by default).
+BACKENDS = ("tensorflow", pytest.param("jax", marks=pytest.mark.slow))
 SMALL = dict(filters_cnn_constit=[8, 4], filters_cnn_track=[8, 4], filters_cnn_MSeg=[4], nodes_constit_lstm=3,
              nodes_track_lstm=3, nodes_MSeg_lstm=2, hidden_layer_fraction=0.05)  # fmt: skip
 B = 32
