@@ -136,6 +136,21 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
+def parse_set_items(items: list[str]) -> dict[str, Any]:
+    """``--set a.b=v`` items as a nested dict; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+        _set_dotted(out, k.strip(), value)
+    return out
+
+
 def validation_message(e: ValidationError, source: str) -> str:
     parts = []
     for err in e.errors()[:3]:
@@ -166,15 +181,7 @@ def build_config(model: type[M], file: Path | None = None, overrides: dict[str, 
 
 def resolve_config(model: type[M], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> M:
     """The config for a command: its YAML, ``--set`` values, per-field flags, then ``extra``."""
-    over: dict[str, Any] = {}
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            _set_dotted(over, k.strip(), yaml.safe_load(v))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
+    over = parse_set_items(getattr(args, "set", []) or [])
     for k, v in vars(args).items():
         if k.startswith("cfg__") and v is not None:
             over[k[5:]] = v

@@ -246,14 +246,15 @@ def remove_stale_tmp(directory: Path, final_name: str) -> int:
             pid = int(parts[-2])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed += 1
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -9,8 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import parse_set_items
 from ..errors import ConfigError, ExitCode, InputMissing
 from .plan import STAGES
 
@@ -90,21 +89,7 @@ def register_collect(sub) -> None:
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            value = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
-        d = out
-        keys = k.strip().split(".")
-        for key in keys[:-1]:
-            d = d.setdefault(key, {})
-        d[keys[-1]] = value
-    return out
+    return parse_set_items(list(items))
 
 
 def load_target(target: Path, sets: list[str], until: str = "analyze"):

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import schema
+
 log = logging.getLogger(__name__)
 
-TMP_MARK = ".crbatch-tmp"
+TMP_MARK = schema.TMP_MARK
 OLD_MARK = ".crbatch-old"
 
 _CSS = """
@@ -360,15 +362,7 @@ def _remove_stale(final: Path) -> None:
             pid = int(parts[1])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not schema.pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

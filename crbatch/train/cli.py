@@ -13,10 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from ..config import add_config_arguments, deep_merge, load_yaml, validation_message
+from ..config import add_config_arguments, deep_merge, load_yaml, parse_set_items, validation_message
 from ..errors import ConfigError
 from .config import TrainConfig
 
@@ -45,19 +44,7 @@ def register(sub) -> None:
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """What the user gave: ``--config`` YAML < ``--set`` < per-field flags (nested dict)."""
     out: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            value = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from e
-        d = out
-        keys = k.strip().split(".")
-        for key in keys[:-1]:
-            d = d.setdefault(key, {})
-        d[keys[-1]] = value
+    out = deep_merge(out, parse_set_items(getattr(args, "set", []) or []))
     for k, v in vars(args).items():
         if k.startswith("cfg__") and v is not None:
             out[k[5:]] = v
