@@ -54,12 +54,16 @@ def _scalar_type(annotation: Any) -> tuple[Any, bool] | None:
         return (inner[0], True) if inner and not inner[1] else None
     if origin is typing.Literal:
         return (annotation, False)
-    if annotation in (str, int, float, bool, Path) or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+    if annotation in (str, int, float, bool, Path) or (
+        isinstance(annotation, type) and issubclass(annotation, enum.Enum)
+    ):
         return (annotation, False)
     return None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, model: type[StageConfig], skip: set[str] = frozenset()) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, model: type[StageConfig], skip: set[str] = frozenset()
+) -> None:
     """Add ``--config``, ``--set``, ``--print-config`` and one flag per scalar field of ``model``."""
     g = parser.add_argument_group("configuration")
     g.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML config; flags below override it")

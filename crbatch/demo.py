@@ -78,20 +78,58 @@ def _export_format() -> str:
     return "all"
 
 
+def write_inputs(inputs: Path, scale: float = 1.0) -> None:
+    """The demo's synthetic DiVertAnalysis files (kept if already there)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ROOT") is None:
+        raise CrbatchError("the demo's synthetic inputs are written with PyROOT: pip install -e '.[synth]'",
+                           ExitCode.CONFIG)  # fmt: skip
+    from .synth.divert import write_divert
+
+    for stem, typ, events, seed, mH, mS in DEMO_SAMPLES:
+        out = inputs / f"{stem}.root"
+        n = max(100, int(events * scale))
+        if not out.exists():
+            log.info("generating %s (%d events)", out, n)
+            write_divert(out, typ, n, seed, mH=mH, mS=mS)
+
+
+def make_datasets(root: Path) -> Path:
+    """``root/datasets``: the demo production generated, converted and built here, in this process.
+
+    What ``crbatch train`` with no arguments trains on: the same inputs and build split as
+    ``crbatch demo`` (which runs them as batch jobs), as ``crbatch convert divert`` into ``root/shards``
+    then ``crbatch build``. Every stage reuses its complete outputs.
+    """
+    from .cli import main as crbatch
+
+    inputs, shards, datasets = root / "inputs", root / "shards", root / "datasets"
+    write_inputs(inputs)
+    for stem, typ, _events, _seed, mH, mS in DEMO_SAMPLES:
+        argv = ["convert", "divert", str(inputs / f"{stem}.root"), "--type", typ, "--output-dir", str(shards)]
+        if mH is not None:
+            argv += ["--mH", str(mH), "--mS", str(mS)]
+        rc = crbatch(argv)
+        if rc:
+            raise CrbatchError(f"demo datasets: converting {inputs / stem}.root failed (exit {rc})", ExitCode(rc))
+    split = demo_pipeline(inputs, root / "storage")["build"]["options"]["split"]
+    argv = ["build", str(shards), "--output-dir", str(datasets)]
+    argv += [f"--set=split.{k}={v}" for k, v in split.items()]
+    rc = crbatch(argv)
+    if rc:
+        raise CrbatchError(f"demo datasets: building {datasets} failed (exit {rc})", ExitCode(rc))
+    return datasets
+
+
 def run(args: argparse.Namespace) -> int:
     from .cli import main as crbatch
-    from .synth.divert import write_divert
 
     export_format = _export_format()
 
     root = args.output_dir.absolute()
     inputs = root / "inputs"
-    for stem, typ, events, seed, mH, mS in DEMO_SAMPLES:
-        out = inputs / f"{stem}.root"
-        n = max(100, int(events * args.scale))
-        if not out.exists():
-            log.info("generating %s (%d events)", out, n)
-            write_divert(out, typ, n, seed, mH=mH, mS=mS)
+    write_inputs(inputs, args.scale)
     pipeline = root / "pipeline.yaml"
     doc = demo_pipeline(inputs, root / "storage", args.epochs)
     doc["analyze"]["export"]["format"] = export_format

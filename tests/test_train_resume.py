@@ -83,8 +83,28 @@ def test_run_selection_like_the_reference(tmp_path, arg, expect):
 def test_missing_dataset_is_exit_10_and_creates_nothing(tmp_path, capsys):
     out = tmp_path / "tr"
     assert _train(["--data", str(tmp_path / "nowhere"), "--output-dir", str(out)]) == ExitCode.INPUT_MISSING
-    assert "crbatch demo" in capsys.readouterr().err
+    assert "give --data DIR" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ROOT") is None, reason="the demo production needs PyROOT (synth extra)")
+def test_without_data_it_makes_and_trains_on_the_demo_datasets(tmp_path, monkeypatch):
+    """`crbatch train` with no --data: demo/datasets is made (synthetic production → convert → build)
+    when absent, reused when present, and a complete run directory is left."""
+    from crbatch.demo import make_datasets
+
+    monkeypatch.chdir(tmp_path)
+    assert _train(["--epochs", "1"]) == 0
+    ds = tmp_path / "demo" / "datasets"
+    for role in ("main", "cr"):
+        for split in ("train", "val", "test"):
+            assert (ds / f"{role}_{split}.h5").is_file()
+    run = tmp_path / "training_results" / "default" / "00000"
+    for name in ("config.yaml", "history.csv", "history.json", "epochs/000.keras", "checkpoint.h5"):
+        assert (run / name).is_file(), name
+    stamp = (ds / "main_train.h5").stat().st_mtime_ns
+    make_datasets(tmp_path / "demo")  # complete: nothing is regenerated
+    assert (ds / "main_train.h5").stat().st_mtime_ns == stamp
 
 
 def test_bad_config_is_exit_3(tmp_path, datasets):

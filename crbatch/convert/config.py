@@ -54,9 +54,7 @@ class ConvertDivertConfig(StageConfig):
     bib_match_dr: float | None = Field(
         0.4, description="max ΔR between a BIB-flagged HLT jet and its offline jet (null: no limit, as the reference)"
     )
-    dedupe_jets: bool = Field(
-        True, description="a jet matched by two LLPs/HLT jets is written once (reference: twice)"
-    )
+    dedupe_jets: bool = Field(True, description="a jet matched by two LLPs/HLT jets is written once (reference: twice)")
     reference_exact: bool = Field(
         False, description="reproduce the reference's selection bugs: no BIB ΔR limit, duplicated jets"
     )

@@ -25,8 +25,12 @@ def register(sub) -> None:
     d.add_argument("--mS", type=float, help="signal: LLP mass, GeV (required for sig)")
     d.add_argument("--dsid", type=int, help="mcChannelNumber (MC); for qcd a JZ slice 361020–361024 instead of a mix")
     d.add_argument("--events", type=int, default=10_000, help="number of events (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=0,
-                   help="random seed; sets the eventNumber range too, seed·10⁹ + i (default: %(default)s)")
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; sets the eventNumber range too, seed·10⁹ + i (default: %(default)s)",
+    )
     d.add_argument("--compression", type=int, default=DEFAULT_COMPRESSION,
                    help="ROOT compression: algorithm·100 + level (501 ZSTD-1, 404 LZ4, 101 zlib, 0 none; "
                    "default: %(default)s)")  # fmt: skip

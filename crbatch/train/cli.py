@@ -27,7 +27,7 @@ def register(sub) -> None:
         "train",
         help="adversarial training of the CalRatio classifier, with epoch checkpoints and automatic resume",
         description="Train the CalRatio per-jet classifier against the data/MC adversary on `crbatch build` "
-        "datasets (default: demo/datasets). Every epoch writes the classifier (epochs/NNN.keras), the history "
+        "datasets (default: demo/datasets, made from the synthetic demo production when absent). Every epoch writes the classifier (epochs/NNN.keras), the history "
         "and a checkpoint into training_results/<model_name>/<NNNNN>/; a rerun on that run continues from the "
         "checkpoint. On SIGTERM it checkpoints and exits with checkpoint_exit_code (85). "
         "Exit codes: see `crbatch exit-codes`.",
@@ -84,6 +84,12 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, dict[st
     return cfg, run_dir, saved
 
 
+def _uses_demo_data(cfg: TrainConfig) -> bool:
+    """Training on the default ``--data`` (demo/datasets), which ``crbatch train`` makes when absent."""
+    default = TrainConfig.model_fields["data"].default
+    return cfg.data == default and cfg.main_training_file is None and cfg.cr_training_file is None
+
+
 def run(args: argparse.Namespace) -> int:
     from . import runs
     from .loop import StopFlag, TrainData, train
@@ -92,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    if _uses_demo_data(cfg) and not cfg.dataset_path("main", "train").exists():
+        from ..demo import make_datasets
+
+        log.warning("no datasets in %s: making the demo datasets (synthetic production → convert → build)", cfg.data)
+        make_datasets(cfg.data.parent)
     # Check the inputs before creating anything: a bad --data leaves no empty run directory behind.
     TrainData.check_inputs(cfg)
     run_dir = runs.claim(cfg.output_dir / cfg.model_name, run_dir)

@@ -97,6 +97,11 @@ class TrainConfig(StageConfig):
     cr_weight_column: WeightColumn = Field(
         "weight_balanced", description="control-region weight (reference: MC rescaled to the data total)"
     )
+    fast_kernels: bool = Field(
+        True,
+        description="TensorFlow: train through twins of Dropout (16-bit masks) and Conv1D(kernel 1) (a matrix product) "
+        "with the same weights, 1.3× faster; off: Keras' own layers",
+    )
     eval_batch_size: int = Field(4096, ge=1, description="jets per prediction batch in the per-epoch validation")
     deterministic: bool = Field(True, description="deterministic ops (TensorFlow op determinism) for exact resume")
     checkpoint_exit_code: int = Field(

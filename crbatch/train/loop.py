@@ -304,7 +304,7 @@ class TrainData:
 def check_dataset(path: Path) -> dict[str, Any]:
     """A complete crbatch training dataset, or exit 10 (missing) / 11 (unreadable) / 12 (other schema)."""
     if not path.exists():
-        hint = "run `crbatch demo` first, or give --data DIR (the output directory of `crbatch build`)"
+        hint = "give --data DIR (the output directory of `crbatch build`), or leave --data out to train on the demo datasets"
         raise InputMissing(f"{path}: training dataset not found; {hint}")
     try:
         attrs = schema.check_complete(path)

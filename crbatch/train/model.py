@@ -15,6 +15,7 @@ import keras
 from keras import layers, ops
 
 from .. import schema
+from . import kernels
 from .config import TrainConfig
 
 # (branch prefix of the reference's layer names, model input, config attribute stems)
@@ -42,19 +43,20 @@ def _reg(cfg: TrainConfig) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L1L2(l1=cfg.reg_values, l2=cfg.reg_values) if cfg.reg_values > 0 else None
 
 
-def _branch(x, prefix: str, filters: list[int], units: int, cfg: TrainConfig):
+def _branch(x, prefix: str, filters: list[int], units: int, cfg: TrainConfig, kinds: dict):
     """Conv1D(k=1) stack → LSTM(s) for one constituent type (reference §4.1)."""
     p = cfg.dropout_array
+    conv, dropout = kinds["conv"], kinds["dropout"]
     for i, f in enumerate(filters):
         last = i == len(filters) - 1
         name = f"{prefix}_final_conv1d" if last else f"{prefix}_conv1d_{i}"
-        x = layers.Conv1D(f, 1, activation="relu", kernel_regularizer=_reg(cfg), name=name)(x)
+        x = conv(f, 1, activation="relu", kernel_regularizer=_reg(cfg), name=name)(x)
         if i > 0:  # the reference has no dropout after the first convolution
-            x = layers.Dropout(p, name=f"{prefix}_conv1d_dropout_{i}")(x)
+            x = dropout(p, name=f"{prefix}_conv1d_dropout_{i}")(x)
     if units == 0:
         x = layers.GlobalAveragePooling1D(name=f"{prefix}_pooling")(x)
         for j in range(cfg.layers_list):
-            x = layers.Dropout(p, name=f"{prefix}_pooling_dropout_{j}")(x)
+            x = dropout(p, name=f"{prefix}_pooling_dropout_{j}")(x)
         return x
     for j in range(cfg.layers_list):
         x = layers.LSTM(
@@ -63,26 +65,31 @@ def _branch(x, prefix: str, filters: list[int], units: int, cfg: TrainConfig):
             return_sequences=j < cfg.layers_list - 1,
             name=f"{prefix}_lstm_{j}",
         )(x)
-        x = layers.Dropout(p, name=f"{prefix}_lstm_dropout_{j}")(x)
+        x = dropout(p, name=f"{prefix}_lstm_dropout_{j}")(x)
     return x
 
 
-def build_classifier(cfg: TrainConfig, name: str = "final_model") -> keras.Model:
+def build_classifier(cfg: TrainConfig, name: str = "final_model", training_twin: bool = False) -> keras.Model:
     """The deployable per-jet classifier: 4 inputs → ``main_output`` softmax [QCD, signal, BIB].
 
-    With reference defaults it has 60,067 parameters (reference §4.2).
+    With reference defaults it has 60,067 parameters (reference §4.2). ``training_twin``: the same
+    network with the faster training-time layers of :mod:`.kernels` (same variables in the same order),
+    for the training steps only; never saved.
     """
+    kinds = {"conv": layers.Conv1D, "dropout": layers.Dropout}
+    if training_twin:
+        kinds = {"conv": kernels.TrainingPointwiseConv1D, "dropout": kernels.TrainingDropout}
     shapes = input_shapes(cfg)
     inputs = [keras.Input(shapes[mi.name], name=mi.name) for mi in schema.MODEL_INPUTS]
     feats = [
-        _branch(inp, prefix, getattr(cfg, fattr), getattr(cfg, nattr), cfg)
+        _branch(inp, prefix, getattr(cfg, fattr), getattr(cfg, nattr), cfg, kinds)
         for inp, (prefix, _, fattr, nattr) in zip(inputs[:3], BRANCHES, strict=True)
     ]
     x = layers.Concatenate(name="merge")([*feats, inputs[3]])  # the jet vector enters raw
     for i, w in enumerate(TRUNK_WIDTHS, start=1):
         x = layers.Dense(int(w * cfg.hidden_layer_fraction), activation="relu", kernel_regularizer=_reg(cfg),
                          name=f"main_dense_{i}")(x)  # fmt: skip
-        x = layers.Dropout(cfg.dropout_array, name=f"main_dropout_{i}")(x)
+        x = kinds["dropout"](cfg.dropout_array, name=f"main_dropout_{i}")(x)
     out = layers.Dense(len(schema.MODEL_OUTPUTS), activation="softmax", name="main_output")(x)
     return keras.Model(inputs, out, name=name)
 
