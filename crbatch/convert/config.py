@@ -63,6 +63,11 @@ class ConvertDivertConfig(StageConfig):
         description="events per chunk, or the branches' data size per chunk ('48 MB'): memory grows with this, "
         "not with the file",
     )
+    fast_decoding: bool = Field(
+        True,
+        description="decode std::vector branches with crbatch's faster uproot interpretations (same arrays, "
+        "1.4× faster); off: uproot's own",
+    )
     compress: bool = Field(True, description="lz4-compress the shard's tables")
     force: bool = Field(False, description="reconvert even if a complete shard exists")
 
@@ -103,6 +108,11 @@ class ConvertLegacyConfig(StageConfig):
     output_dir: Path = Field(Path("shards"), description="where shards are written")
     scaled: bool | None = Field(
         None, description="the pickle's features are already scaled (null: detect from jet_pt range)"
+    )
+    fast_decoding: bool = Field(
+        True,
+        description="decode std::vector branches with crbatch's faster uproot interpretations (same arrays, "
+        "1.4× faster); off: uproot's own",
     )
     compress: bool = Field(True, description="lz4-compress the shard's tables")
     force: bool = Field(False, description="reconvert even if a complete shard exists")

@@ -21,6 +21,7 @@ from .. import __version__, schema
 from ..errors import CrbatchError, InputCorrupt, InputMissing, InputSchema, Transient
 from ..progress import Progress
 from .config import ConvertDivertConfig, InputEntry
+from .fastread import use_fast_interpretations
 from .selection import branches_for, select, tables_for
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,22 @@ def _open(path: str, cfg: ConvertDivertConfig):
         raise classify_read_error(path, e) from e
 
 
+def _use_fast_decoding(tree, branches: list[str]) -> None:
+    try:
+        use_fast_interpretations(tree, branches)
+    except Exception as e:  # an uproot whose internals moved: its own decoding still works
+        log.warning("fast std::vector decoding unavailable with uproot %s (%s); using uproot's own (slower)",
+                    uproot_version(), e)  # fmt: skip
+        for name in branches:
+            tree[name]._interpretation = None
+
+
+def uproot_version() -> str:
+    import uproot
+
+    return uproot.__version__
+
+
 def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDivertConfig) -> dict[str, Any]:
     """Convert ``src`` into the HDF5 file ``tmp``; return the attributes written."""
     import h5py
@@ -122,6 +139,8 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
             elif set(missing) & {"llp_pT", "llp_Lxy"}:
                 hint = " — no LLP truth: signal needs a signal MC ntuple"
             raise InputSchema(f"{path}: missing branches {', '.join(missing[:6])}{hint}")
+        if cfg.fast_decoding and n_entries:
+            _use_fast_decoding(tree, needed)
         cut: Counter = Counter()
         masses = (entry.mH or 0.0, entry.mS or 0.0)
         dsid = entry.dsid
