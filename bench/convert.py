@@ -38,10 +38,10 @@ def make_input(work: Path, typ: str, events: int) -> Path:
     return out
 
 
-def convert_once(src: Path, typ: str, out: Path) -> tuple[float, float, int]:
+def convert_once(src: Path, typ: str, out: Path, *extra: str) -> tuple[float, float, int]:
     """(wall s, cpu s, peak RSS bytes) of one conversion in a fresh process on one core."""
     cmd = [sys.executable, "-m", "crbatch", "-q", "convert", "divert", str(src), "--type", typ, *TYPES[typ],
-           "--out", str(out), "--force"]  # fmt: skip
+           "--out", str(out), "--force", *extra]  # fmt: skip
     if hasattr(os, "sched_setaffinity"):
         cmd = ["taskset", "-c", "0", *cmd]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "CRBATCH_NO_BAR": "1"}
@@ -62,17 +62,26 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=list(TYPES))
     ap.add_argument("--work", type=Path, default=Path("bench/out/convert"))
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="alternate each run with one using uproot's own decoding (--no-fast-decoding); print the ratios")  # fmt: skip
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    rows, ratios = [], []
     runs = [(t, args.events, args.repeat) for t in args.types]
     if args.big:
         runs.append(("qcd", args.big, 1))
     for typ, events, repeat in runs:
         src = make_input(args.work, typ, events)
         out = args.work / f"{typ}_{events}.h5"
-        results = [convert_once(src, typ, out) for _ in range(repeat)]
+        results, plain = [], []
+        for _ in range(repeat):  # alternated: both see the same machine (this one is noisy)
+            results.append(convert_once(src, typ, out))
+            if args.compare_plain:
+                plain.append(convert_once(src, typ, args.work / f"{typ}_{events}_plain.h5", "--no-fast-decoding"))
+        if plain:
+            ratios.append((typ, events, statistics.median(p[1] for p in plain) / statistics.median(r[1] for r in results),
+                           statistics.median(p[0] for p in plain) / statistics.median(r[0] for r in results)))  # fmt: skip
         with h5py.File(out, "r") as f:
             jets = int(f.attrs["n_jets"])
         wall = statistics.median(r[0] for r in results)
@@ -91,6 +100,10 @@ def main() -> None:
         print(f"| {r['type']} | {r['events']:,} | {r['jets']:,} | {r['repeat']} | {r['wall_s']:.1f} | "
               f"{r['events_per_s']:,.0f} | {r['jets_per_s']:,.0f} | {r['events'] / r['cpu_s']:,.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['input_mb']:.0f} | {r['output_mb']:.0f} |")  # fmt: skip
+    if ratios:
+        print("\n| type | events | speed-up from fast decoding, CPU time | wall time |\n|---|---:|---:|---:|")
+        for typ, events, cpu_ratio, wall_ratio in ratios:
+            print(f"| {typ} | {events:,} | {cpu_ratio:.2f}× | {wall_ratio:.2f}× |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
