@@ -105,3 +105,23 @@ def test_trainer_uses_the_twin_only_when_asked(fast):
     assert not {TrainingDropout, TrainingPointwiseConv1D} & {
         type(layer) for layer in clf.layers
     }  # saved model: Keras' own
+
+
+def test_thread_pools_follow_the_config(tmp_path):
+    """In a fresh process (the pools are fixed once TensorFlow's runtime starts)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, tensorflow as tf; from crbatch.train.adversarial import configure_threads; "
+        "from crbatch.train.config import TrainConfig; "
+        "[configure_threads(TrainConfig(**kw)) or print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads()])) for kw in ({}, {'intra_op_threads': 3, 'inter_op_threads': 5})]"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    first, second = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    assert first == [1, len(os.sched_getaffinity(0))]  # default: one thread per op, as many ops as allowed cores
+    assert second == [3, 5]  # set before the runtime started: both applied

@@ -175,6 +175,31 @@ def seed_all(seed: int) -> None:
         keras.utils.set_random_seed(seed)
 
 
+def configure_threads(cfg: TrainConfig) -> None:
+    """TensorFlow's CPU thread pools, from ``intra_op_threads`` and ``inter_op_threads``.
+
+    inter-op: the cores this process may run on (``sched_getaffinity``: a Slurm allocation or an
+    HTCondor slot with CPU affinity), not the machine's, unless set. intra-op 1: the reference
+    network's operations are small, and running independent ones side by side (the three
+    constituent branches, the classifier step's forward pass during the discriminator steps) beats
+    splitting each across cores: 1.15× the step rate on 2 cores (bench/RESULTS.md). Must run before
+    TensorFlow starts its runtime; later (a second training in one process) it changes nothing.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    import os
+
+    import tensorflow as tf
+
+    inter = cfg.inter_op_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        if cfg.intra_op_threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+    except RuntimeError:  # the runtime is already up: its pools stay as they are
+        pass
+
+
 def enable_determinism() -> None:
     """Make the backend's kernels deterministic (TF op determinism; XLA on CPU already is)."""
     if keras.backend.backend() == "tensorflow":

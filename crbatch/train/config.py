@@ -102,6 +102,15 @@ class TrainConfig(StageConfig):
         description="TensorFlow: train through twins of Dropout (16-bit masks) and Conv1D(kernel 1) (a matrix product) "
         "with the same weights, 1.3× faster; off: Keras' own layers",
     )
+    intra_op_threads: int | None = Field(
+        1,
+        ge=0,
+        description="TensorFlow CPU: threads per operation (1: independent operations run side by side, 1.15× faster "
+        "for this network on 2 cores; null or 0: TensorFlow's default)",
+    )
+    inter_op_threads: int | None = Field(
+        None, ge=0, description="TensorFlow CPU: operations at once (null: the cores this job may run on)"
+    )
     eval_batch_size: int = Field(4096, ge=1, description="jets per prediction batch in the per-epoch validation")
     deterministic: bool = Field(True, description="deterministic ops (TensorFlow op determinism) for exact resume")
     checkpoint_exit_code: int = Field(

@@ -420,6 +420,7 @@ def train(
     from . import adversarial as adv
 
     adv.keep_tensorflow_out()
+    adv.configure_threads(cfg)
     adv.seed_all(cfg.seed)
     if cfg.deterministic:
         adv.enable_determinism()
