@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, InputMissing
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -129,6 +129,27 @@ def load_yaml(path: Path, allow_list: bool = False) -> Any:
     if not isinstance(data, dict) and not (allow_list and isinstance(data, list)):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def load_input_list(path: Path, model: type[M], bare: str | None = None) -> list[M]:
+    """The entries of a YAML input list (a sequence, or a mapping with key ``inputs``), validated as ``model``.
+
+    ``bare``: the field a plain string entry fills (e.g. ``path``); without it every entry is a mapping.
+    Missing file: exit 10; bad YAML, shape or entry: exit 3, naming the entry.
+    """
+    if not path.exists():
+        raise InputMissing(f"{path}: input list not found; check the path")
+    data: Any = load_yaml(path, allow_list=True)
+    items = data.get("inputs", data.get("input_files")) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a list of inputs (or a mapping with key 'inputs')")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(model.model_validate({bare: item} if bare and isinstance(item, str) else item))
+        except ValidationError as e:
+            raise ConfigError(validation_message(e, f"{path} entry {i}")) from e
+    return out
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:

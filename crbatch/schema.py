@@ -268,6 +268,10 @@ class NotAcceptedError(Exception):
     """A file that exists but is not a complete file of the current schema."""
 
 
+class UnreadableError(NotAcceptedError):
+    """Not a readable HDF5 file at all (truncated, corrupt, something else)."""
+
+
 def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
     """Return the attributes of a complete crbatch file, or raise :class:`NotAcceptedError`."""
     import h5py
@@ -276,7 +280,7 @@ def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
     except (OSError, ValueError) as e:
-        raise NotAcceptedError(f"{path}: not a readable HDF5 file ({e})") from e
+        raise UnreadableError(f"{path}: not a readable HDF5 file ({e})") from e
     if attrs.get(A_PRODUCER) != "crbatch":
         raise NotAcceptedError(f"{path}: not written by crbatch")
     if not attrs.get(A_COMPLETE):
@@ -289,6 +293,18 @@ def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and attrs.get(A_KIND) != kind:
         raise NotAcceptedError(f"{path}: is a {attrs.get(A_KIND)!r} file, expected {kind!r}")
     return attrs
+
+
+def check_input(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """:func:`check_complete` for a stage's input file: exit 11 if unreadable, 12 if otherwise not accepted."""
+    from .errors import InputCorrupt, InputSchema
+
+    try:
+        return check_complete(path, kind)
+    except UnreadableError as e:
+        raise InputCorrupt(str(e)) from e
+    except NotAcceptedError as e:
+        raise InputSchema(str(e)) from e
 
 
 def is_complete(path: Path, kind: str | None = None) -> bool:

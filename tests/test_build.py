@@ -461,3 +461,26 @@ def test_unreadable_shard_exit_11(shard_dir, tmp_path):
     (d / "bib.h5").write_bytes(data[: len(data) // 3])  # truncated copy
     assert build([d], tmp_path / "o") == 11
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.h5"))
+
+
+def test_input_list_forms_and_errors(tmp_path):
+    """One YAML input-list reader (crbatch.config.load_input_list) for build and convert."""
+    from crbatch.build.config import BuildInput
+    from crbatch.config import load_input_list
+    from crbatch.convert.config import InputEntry
+    from crbatch.errors import ConfigError, ExitCode, InputMissing
+
+    lst = tmp_path / "in.yaml"
+    lst.write_text("inputs:\n  - a.h5\n  - {path: b.h5, max_jets: 10}\n")
+    got = load_input_list(lst, BuildInput, bare="path")  # a bare string is a path
+    assert [str(e.path) for e in got] == ["a.h5", "b.h5"] and got[1].max_jets == 10
+    with pytest.raises(ConfigError, match="entry 0"):
+        load_input_list(lst, InputEntry)  # convert entries need a type: no bare strings
+    with pytest.raises(InputMissing) as e:
+        load_input_list(tmp_path / "none.yaml", BuildInput)
+    assert e.value.code == ExitCode.INPUT_MISSING
+    for text in ("inputs: 3\n", "- [unclosed\n"):
+        lst.write_text(text)
+        with pytest.raises(ConfigError):
+            load_input_list(lst, BuildInput)
+    assert build([tmp_path / "none.yaml"], tmp_path / "out") == ExitCode.INPUT_MISSING

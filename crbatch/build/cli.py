@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import add_config_arguments, resolve_config, validation_message
+from ..config import add_config_arguments, load_input_list, resolve_config, validation_message
 from ..errors import ConfigError, CrbatchError, ExitCode, InputMissing
 from ..inputs import expand, is_yaml_list
 from .config import BuildConfig, BuildInput
@@ -38,29 +37,7 @@ def register(sub) -> None:
 
 
 def _entries_from_yaml(path: Path) -> list[BuildInput]:
-    if not path.exists():
-        raise InputMissing(f"{path}: input list not found; check the path")
-    data: Any = _load_list(path)
-    items = data.get("inputs", data.get("input_files")) if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: expected a list of inputs (or a mapping with key 'inputs')")
-    out = []
-    for i, item in enumerate(items):
-        try:
-            out.append(BuildInput.model_validate({"path": item} if isinstance(item, str) else item))
-        except ValidationError as e:
-            raise ConfigError(validation_message(e, f"{path} entry {i}")) from e
-    return out
-
-
-def _load_list(path: Path) -> Any:
-    # load_yaml insists on a mapping; an input list may be a plain YAML sequence.
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    return load_input_list(path, BuildInput, bare="path")
 
 
 def collect_inputs(args_inputs: list[str], cfg: BuildConfig) -> list[tuple[BuildInput | None, Path]]:

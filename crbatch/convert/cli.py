@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import add_config_arguments, load_yaml, resolve_config, validation_message
+from ..config import add_config_arguments, load_input_list, resolve_config, validation_message
 from ..errors import ConfigError, CrbatchError, ExitCode
 from ..inputs import expand, is_yaml_list
 from . import runner, xaod
@@ -52,19 +52,7 @@ def register(sub) -> None:
 
 
 def _entries_from_yaml(path: Path) -> list[InputEntry]:
-    data: Any = load_yaml(path, allow_list=True) if path.exists() else None
-    if data is None:
-        raise CrbatchError(f"{path}: input list not found; check the path", ExitCode.INPUT_MISSING)
-    items = data.get("inputs", data.get("input_files")) if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise ConfigError(f"{path}: expected a list of inputs (or a mapping with key 'inputs')")
-    out = []
-    for i, item in enumerate(items):
-        try:
-            out.append(InputEntry.model_validate(item))
-        except ValidationError as e:
-            raise ConfigError(validation_message(e, f"{path} entry {i}")) from e
-    return out
+    return load_input_list(path, InputEntry)
 
 
 def _entries(args: argparse.Namespace, cfg: ConvertDivertConfig) -> list[InputEntry]:

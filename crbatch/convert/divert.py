@@ -98,19 +98,15 @@ def _open(path: str, cfg: ConvertDivertConfig):
 
 
 def _use_fast_decoding(tree, branches: list[str]) -> None:
+    import uproot
+
     try:
         use_fast_interpretations(tree, branches)
     except Exception as e:  # an uproot whose internals moved: its own decoding still works
         log.warning("fast std::vector decoding unavailable with uproot %s (%s); using uproot's own (slower)",
-                    uproot_version(), e)  # fmt: skip
+                    uproot.__version__, e)  # fmt: skip
         for name in branches:
             tree[name]._interpretation = None
-
-
-def uproot_version() -> str:
-    import uproot
-
-    return uproot.__version__
 
 
 def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDivertConfig) -> dict[str, Any]:

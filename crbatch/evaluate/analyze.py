@@ -370,11 +370,7 @@ def _stream(model: Any, path: Path, *, batch_size: int, weight: str, max_jets: i
 def _dataset_attrs(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise InputMissing(f"{path}: {what} not found; give --data DIR (the output directory of `crbatch build`)")
-    try:
-        attrs = schema.check_complete(path, "dataset")
-    except schema.NotAcceptedError as e:
-        raise (InputCorrupt if "not a readable" in str(e) else InputSchema)(str(e)) from e
-    return attrs
+    return schema.check_input(path, "dataset")
 
 
 def evaluate_split(info: RunInfo, model: Any, cfg: AnalyzeConfig) -> SplitScores:

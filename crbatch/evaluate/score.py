@@ -285,12 +285,7 @@ def _source_record(src: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
 def _check_source(src: Path) -> dict[str, Any]:
     if not src.exists():
         raise InputMissing(f"{src}: input not found")
-    try:
-        attrs = schema.check_complete(src)
-    except schema.NotAcceptedError as e:
-        if "not a readable HDF5" in str(e):
-            raise InputCorrupt(str(e)) from e
-        raise InputSchema(str(e)) from e
+    attrs = schema.check_input(src)
     if attrs.get(schema.A_KIND) not in ("shard", "dataset"):
         raise InputSchema(f"{src}: a {attrs.get(schema.A_KIND)!r} file; score reads shards and datasets")
     import h5py

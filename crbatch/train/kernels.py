@@ -27,21 +27,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-_TF = None
-
-
-def _tf():
-    global _TF
-    if _TF is None:
-        import tensorflow as tf
-
-        _TF = tf
-    return _TF
-
 
 def _seed_int32(seed):
     """A ``SeedGenerator`` draw as the int32 pair TensorFlow's stateless ops take (as Keras does)."""
-    tf = _tf()
+    import tensorflow as tf
+
     seed = tf.convert_to_tensor(seed)
     if seed.dtype == tf.int32:
         return seed
@@ -54,7 +44,8 @@ class TrainingDropout(layers.Dropout):
     def call(self, inputs, training=False):
         if not (training and self.rate > 0) or self.noise_shape is not None or keras.backend.backend() != "tensorflow":
             return super().call(inputs, training=training)
-        tf = _tf()
+        import tensorflow as tf
+
         seed = _seed_int32(self.seed_generator.next())
         shape = tf.shape(inputs)
         n = tf.size(inputs)
@@ -74,7 +65,8 @@ class TrainingPointwiseConv1D(layers.Conv1D):
         )
         if keras.backend.backend() != "tensorflow" or not pointwise or self.data_format != "channels_last":
             return super().call(inputs)
-        tf = _tf()
+        import tensorflow as tf
+
         # 2-D MatMul + BiasAdd + activation: the pattern TensorFlow's graph optimiser fuses into one kernel.
         shape = tf.shape(inputs)
         y = tf.matmul(tf.reshape(inputs, [-1, shape[-1]]), self.kernel[0])

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .. import schema
-from ..errors import ConfigError, InputCorrupt, InputEmpty, InputMissing, InputSchema
+from ..errors import ConfigError, InputEmpty, InputMissing, InputSchema
 from ..progress import Progress
 from . import checkpoint, runs
 from .config import MASS_SCALE, TrainConfig
@@ -306,12 +306,7 @@ def check_dataset(path: Path) -> dict[str, Any]:
     if not path.exists():
         hint = "give --data DIR (the output directory of `crbatch build`), or leave --data out to train on the demo datasets"
         raise InputMissing(f"{path}: training dataset not found; {hint}")
-    try:
-        attrs = schema.check_complete(path)
-    except schema.NotAcceptedError as e:
-        if "not a readable HDF5" in str(e):
-            raise InputCorrupt(str(e)) from e
-        raise InputSchema(f"{e}") from e
+    attrs = schema.check_input(path)
     if attrs.get(schema.A_KIND) != "dataset":
         raise InputSchema(f"{path}: is a {attrs.get(schema.A_KIND)!r} file; training reads `crbatch build` datasets")
     if not attrs.get(schema.A_N_JETS):
