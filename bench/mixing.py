@@ -111,6 +111,7 @@ def crbatch(*args: object) -> None:
 
 def train_and_score(data: Path, test: Path, work: Path, tag: str, epochs: int, batch: int, extra: list[str]) -> dict:
     import h5py
+    import hdf5plugin  # noqa: F401 - the scored files are lz4-compressed
 
     from crbatch.evaluate.metrics import roc_curve
 

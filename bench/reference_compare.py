@@ -72,6 +72,7 @@ def real_jets(work: Path) -> Path:
 
 def aucs(scored: Path) -> dict[str, float | int]:
     import h5py
+    import hdf5plugin  # noqa: F401 - the scored files are lz4-compressed
 
     from crbatch.evaluate.metrics import roc_curve
 
