@@ -113,10 +113,11 @@ class ReportPage:
     :meth:`write` / :meth:`discard` yourself.
     """
 
-    def __init__(self, out_dir: Path, title: str, dpi: int = 100):
+    def __init__(self, out_dir: Path, title: str, dpi: int = 100, pdf: bool = False):
         self.out_dir = Path(out_dir)
         self.title = title
         self.dpi = dpi
+        self.pdf = pdf  # also write each figure as vector PDF next to its PNG (for notes)
         self._blocks: list[_Block] = []
         self._toc: list[_Section] = []
         self._names: set[str] = {"report.md", "index.html"}  # file names taken in the report directory
@@ -152,6 +153,12 @@ class ReportPage:
         hashes = "#" * level
         self._blocks.append(_Block(f"{hashes} {title}\n", f'<h{level} id="{anchor}">{html.escape(title)}</h{level}>'))
         return anchor
+
+    def code(self, text: str, lang: str = "") -> None:
+        """A preformatted block (config files, commands)."""
+        self._blocks.append(
+            _Block(f"```{lang}\n{text.rstrip()}\n```\n", f"<pre><code>{html.escape(text)}</code></pre>")
+        )
 
     def text(self, text: str) -> None:
         """A paragraph. Markdown inline `code` and **bold** are kept in both outputs."""
@@ -215,15 +222,21 @@ class ReportPage:
         closed afterwards (``close=False`` keeps it) so long reports do not pile up memory.
         Returns the file name, relative to the report directory.
         """
-        fname = self._unique(slug(name), self._names) + ".png"
+        stem = self._unique(slug(name), self._names)
+        fname = stem + ".png"
+        vector = None
         try:
             fig.savefig(self.tmp_dir / fname, dpi=self.dpi)
+            if self.pdf:
+                vector = stem + ".pdf"
+                self._names.add(vector)
+                fig.savefig(self.tmp_dir / vector)
         finally:
             if close:
                 import matplotlib.pyplot as plt
 
                 plt.close(fig)
-        self._place(fname, caption)
+        self._place(fname, caption, vector)
         return fname
 
     def image(self, path: Path, name: str | None = None, caption: str = "") -> str:
@@ -291,14 +304,16 @@ class ReportPage:
         )
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _place(self, fname: str, caption: str) -> None:
+    def _place(self, fname: str, caption: str, vector: str | None = None) -> None:
         # alt text is plain: no inline markup, no brackets that would end the markdown image
         alt = re.sub(r"[`*]", "", caption).replace("[", "(").replace("]", ")") or fname
+        link_md = f" ([PDF]({vector}))" if vector else ""
+        link_html = f' <a href="{html.escape(vector)}">PDF</a>' if vector else ""
         self._blocks.append(
             _Block(
-                f"![{_md_cell(alt)}]({fname})\n",
+                f"![{_md_cell(alt)}]({fname}){link_md}\n",
                 f'<figure><a href="{fname}"><img src="{fname}" alt="{html.escape(alt)}" loading="lazy"></a>'
-                + (f"<figcaption>{_inline_html(caption)}</figcaption>" if caption else "")
+                + (f"<figcaption>{_inline_html(caption)}{link_html}</figcaption>" if caption or vector else "")
                 + "</figure>",
             )
         )
