@@ -185,7 +185,7 @@ def fig_binned(items: Sequence[tuple[Model, Binned]], lines: Sequence[str], ref:
             ok = np.isfinite(y) & ((y > 0) if log else True)
             with np.errstate(invalid="ignore"):
                 top = np.where(np.isfinite(hi), hi, y)
-                yerr = np.array([np.where(ok, y - np.where(np.isfinite(lo), lo, y), 0), np.where(ok, top - y, 0)])
+                yerr = np.maximum(0, [np.where(ok, y - np.where(np.isfinite(lo), lo, y), 0), np.where(ok, top - y, 0)])
             mk = st.MODEL_MARKERS[mi % len(st.MODEL_MARKERS)]
             ax.errorbar(x[ok], y[ok], yerr=yerr[:, ok], fmt=mk, color=color, ms=4.5, mfc=color if mi == 0 else "white",
                         lw=1.1, capsize=0)  # fmt: skip
@@ -201,7 +201,8 @@ def fig_binned(items: Sequence[tuple[Model, Binned]], lines: Sequence[str], ref:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     r, rl, rh = y / ry, lo / ry, top / ry
                 good = np.isfinite(r) & np.isfinite(rl) & np.isfinite(rh)
-                rax.errorbar(x[good], r[good], yerr=[(r - rl)[good], (rh - r)[good]], fmt=mk, color=color, ms=3.5,
+                err = np.maximum(0, [(r - rl)[good], (rh - r)[good]])
+                rax.errorbar(x[good], r[good], yerr=err, fmt=mk, color=color, ms=3.5,
                              mfc=color if mi == 0 else "white", lw=1.0, capsize=0)  # fmt: skip
                 rvals += list(r[good])
         b0 = next(b for (_, w), (_, b) in by.items() if w == wp)
