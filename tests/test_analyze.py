@@ -462,3 +462,25 @@ def test_metrics_json_round_trip_keeps_infinities(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "crbatch-metrics", "format_version": 99}))
     with pytest.raises(Exception, match="format 99"):
         read_metrics(tmp_path / "bad.json")
+
+
+def test_report_from_made_up_scores_without_qcd(tmp_path):
+    """The page from typed results alone (no model, no files): a test split without QCD jets."""
+    from crbatch.evaluate.analyze import AnalyzeConfig
+    from crbatch.evaluate.analyze_report import write_report
+    from crbatch.evaluate.analyze_results import ChoiceInfo, MetricsDoc, RunSection, Sample
+
+    ev = _metrics(_split(classes=(1, 2)))
+    sec = RunSection(label="m/0", run_dir="/r/m/00000", n_epochs=5, saved_epochs=[0, 4], best=[], main=ev,
+                     choice=ChoiceInfo(epoch=4, why="test", criterion="combined"), config={"lr_values": 0.1},
+                     sample=Sample(main="made-up", weight="weight_balanced", jets=600, jets_digest="d",
+                                   counts={"signal": 300, "BIB": 300}, sumw={"signal": 300.0, "BIB": 300.0}))  # fmt: skip
+    doc = MetricsDoc(crbatch_version="t", created="now", title="made up", analysis={"criterion": "combined"},
+                     runs=[sec])  # fmt: skip
+    out = write_report(doc, AnalyzeConfig(runs=["m/0"], pdf=False), tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "no QCD jets" in md and "No control-region test split" in md and "crbatch export m/0/best" in md
+    rows = [r for t in md_tables(md) for r in t if "rej. low" in r]
+    assert rows and {r["background"] for r in rows} == {"BIB"}
+    check_html_images(out)
+    check_numbers_match_metrics(out)

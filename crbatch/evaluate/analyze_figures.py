@@ -136,7 +136,7 @@ def fig_roc(curves: Sequence[tuple[Model, Roc]], lines: Sequence[str], ref: int 
     ax.plot(xx, 1 / xx, color="0.5", ls=":", lw=1.2, label="random classifier")
     ax.set_yscale("log")
     ax.set_xlim(0, 1)
-    _headroom(ax, [*allv, 1.0], log=True, floor=0.8)
+    _headroom(ax, [*allv, 1.0], log=True, floor=0.8, frac=0.5)
     ax.set_ylabel(r"Background rejection $1/\varepsilon_\mathrm{B}$")
     ax.legend(loc="upper right", frameon=False, fontsize="x-small")
     _label(ax, lines)
@@ -433,10 +433,10 @@ def fig_eff_map(effs: Sequence[PointEfficiency], which: str, lines: Sequence[str
     mh = np.array([e.mass_point.mH for e in effs])
     iv = [getattr(e, which) for e in effs]
     ev = np.array([i.value for i in iv])
-    sc = ax.scatter(ms, mh, c=ev, cmap="viridis", vmin=0, vmax=1, s=1100, marker="s", edgecolors="k")
+    sc = ax.scatter(ms, mh, c=ev, cmap="viridis", vmin=0, vmax=1, s=2000, marker="s", edgecolors="k")
     for e, i in zip(effs, iv, strict=True):
-        txt = "n/a" if not math.isfinite(i.value) else f"{i.value:.2f}\n+{i.high - i.value:.2f}/−{i.value - i.low:.2f}"
-        ax.annotate(txt, (e.mass_point.mS, e.mass_point.mH), ha="center", va="center", fontsize=8,
+        txt = "n/a" if not math.isfinite(i.value) else f"{i.value:.2f}\n+{i.high - i.value:.2f}\n−{i.value - i.low:.2f}"
+        ax.annotate(txt, (e.mass_point.mS, e.mass_point.mH), ha="center", va="center", fontsize=8, linespacing=1.0,
                     color="w" if (math.isfinite(i.value) and i.value < 0.6) else "k")  # fmt: skip
     fig.colorbar(sc, ax=ax, label=r"Signal efficiency $\varepsilon_\mathrm{S}$")
     for axis, v in (("x", ms), ("y", mh)):
