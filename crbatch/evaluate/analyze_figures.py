@@ -131,7 +131,8 @@ def fig_roc(curves: Sequence[tuple[Model, Roc]], lines: Sequence[str], ref: int 
             rax.plot(x[good], r[good], color=color, ls=ls, lw=1.5)
             if i == ref:
                 bg = good & np.isfinite(rl) & np.isfinite(rh)
-                rax.fill_between(x[bg], rl[bg], rh[bg], color=color, alpha=0.2, lw=0)
+                rax.fill_between(x[bg], rl[bg], rh[bg], color=color, alpha=0.2, lw=0,
+                                 label=f"{m.label[:18]} 68% CL")  # fmt: skip
     xx = np.linspace(0.01, 1.0, 200)
     ax.plot(xx, 1 / xx, color="0.5", ls=":", lw=1.2, label="random classifier")
     ax.set_yscale("log")
@@ -148,6 +149,7 @@ def fig_roc(curves: Sequence[tuple[Model, Roc]], lines: Sequence[str], ref: int 
             with np.errstate(divide="ignore", invalid="ignore"):
                 vals += list(_finite(roc.rejection) / ref_rej)
         _ratio_axis(rax, f"ratio to\n{curves[ref][0].label[:18]}", vals)
+        rax.legend(loc="upper right", frameon=False, fontsize="xx-small")
     return fig
 
 
@@ -344,7 +346,7 @@ def fig_data_mc(by_model: Sequence[tuple[Model, Histogram | None, Histogram | No
         if m.index == by_model[0][0].index:
             fb = np.isfinite(band)
             rax.stairs(np.where(fb, 1 + band, 1), e, baseline=np.where(fb, 1 - band, 1), fill=True, color=color,
-                       alpha=0.25, lw=0)  # fmt: skip
+                       alpha=0.25, lw=0, label="MC stat. uncertainty")  # fmt: skip
         rvals += list(r[good])
     if edges is not None:
         _logit_axis(ax, edges)
@@ -355,6 +357,7 @@ def fig_data_mc(by_model: Sequence[tuple[Model, Histogram | None, Histogram | No
     ax.legend(loc="upper right", frameon=False, fontsize="x-small")
     _label(ax, lines, data=True)
     _ratio_axis(rax, "data / MC", rvals)
+    rax.legend(loc="upper right", frameon=False, fontsize="xx-small")
     rax.set_xlabel(f"{OUTPUT_LABEL[output]} (logit scale)")
     return fig
 
