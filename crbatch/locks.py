@@ -104,10 +104,8 @@ def holder(directory: Path) -> Holder | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return _read_fd(fd) or Holder("?", 0, time.time(), "record not written yet")
-        except OSError as e:
-            if e.errno not in _UNSUPPORTED:
-                raise
-            rec = _read_fd(fd)  # no locks here: the record is all there is
+        except OSError:  # no locks here (ENOLCK, EOPNOTSUPP, ...): the record is all there is
+            rec = _read_fd(fd)
             return rec if rec is not None and not rec.gone() and rec.pid else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

@@ -8,20 +8,30 @@ A batch system evicts a job with SIGTERM and expects it to end. Two modes:
 * **flag** (the training loop, :func:`deferred`): the handler only records the signal; the loop
   looks at it between steps, writes a checkpoint and exits 85. A second signal raises as above.
 
-CPython drops an exception raised inside a gc callback, a weakref callback or ``__del__``: it
-prints "Exception ignored in ..." through :data:`sys.unraisablehook` and carries on. JAX runs such
-a callback at every garbage collection, so a handler that only raised would now and then be
-swallowed and the job would train to its end through its eviction. Two safeguards:
+An exception raised at an arbitrary bytecode is not always delivered, hence three safeguards:
 
-* our ``sys.unraisablehook`` recognises a lost :class:`SignalExit` and delivers the signal again
-  (``_thread.interrupt_main``): the handler runs once more, at the next bytecode of ordinary code;
-* a watchdog thread started with the first :class:`SignalExit` ends the process with exit 21 if it
-  is still alive ``CRBATCH_SIGNAL_DEADLINE`` seconds later (default 60: something caught the
-  ``SystemExit``, or a thread keeps the interpreter from exiting). Temporaries it had no time to
-  remove carry the host and pid in their names; the next start on this host removes them.
+* **Lost in a callback.** CPython drops an exception raised inside a gc callback, a weakref
+  callback or ``__del__`` (it prints "Exception ignored in ..." through :data:`sys.unraisablehook`
+  and carries on). JAX runs such a callback at every garbage collection, so a handler that only
+  raised was now and then swallowed and the job trained to its end through its eviction. Our
+  ``sys.unraisablehook`` recognises a lost :class:`SignalExit` and delivers the signal again
+  (``_thread.interrupt_main`` from a bare thread): the handler runs once more, in ordinary code.
+* **Inside native code.** Python code that C++ calls while TensorFlow, JAX, Keras, ONNX or ROOT are
+  imported cannot always pass an exception back through the C++ frames: JAX's nanobind module
+  initialisation then aborts the process (``terminate called after throwing an instance of
+  'nanobind::python_error'``, status 134; seen with SIGTERM 0.4 s into ``crbatch train``). The
+  imports of :data:`NATIVE` run :func:`shielded` (an import hook): the signal is recorded and raised
+  when the import is done.
+* **Caught by someone.** A watchdog thread started with the first :class:`SignalExit` ends the
+  process with exit 21 if it is still alive ``CRBATCH_SIGNAL_DEADLINE`` seconds later (default 60:
+  something caught the ``SystemExit``, or a thread keeps the interpreter from exiting). Temporaries
+  it had no time to remove carry the host and pid in their names; the next start on this host
+  removes them.
 
 What remains: a signal in the few milliseconds before the interpreter runs crbatch's first line
-kills the process with the default action (status 143); ``jobs/common.sh`` maps that to 20, retry.
+kills the process with the default action (status 143); an exception raised in Python code that a
+C++ extension calls where it cannot propagate (a C++ destructor, outside the shielded imports)
+aborts it (134). ``jobs/common.sh`` maps both to 20: retry.
 """
 
 from __future__ import annotations
@@ -33,7 +43,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +54,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEADLINE_ENV = "CRBATCH_SIGNAL_DEADLINE"
 DEFAULT_DEADLINE_S = 60.0
 KEEP_ENV = "CRBATCH_KEEP_SIGTERM"  # set: crbatch installs no handler (embedding applications keep theirs)
+NATIVE = frozenset({"tensorflow", "jax", "jaxlib", "keras", "onnx", "onnxruntime", "tf2onnx", "ROOT", "cppyy"})
+"""Top-level packages whose import runs under :func:`shielded` (C++ extensions that call Python)."""
 
 
 class SignalExit(SystemExit):
@@ -61,10 +72,12 @@ class _State:
         self.previous: dict[int, Any] = {}
         self.previous_hook: Callable[[Any], Any] | None = None
         self.flag_depth = 0  # > 0: inside deferred()
+        self.shield_depth = 0  # > 0: inside shielded() (a native import)
+        self.pending: int | None = None  # a signal to raise when the shield is left
         self.received: int | None = None  # the first signal of this process (or of the current deferred())
         self.count = 0  # signals received (re-deliveries not counted)
         self.redeliver = False  # the next handler call is our re-delivery of a lost SignalExit
-        self.watchdog: threading.Thread | None = None
+        self.watchdog: threading.Event | None = None  # set: the running watchdog stands down
         self.deadline: float | None = _deadline_from_env()
 
 
@@ -94,12 +107,20 @@ def _handler(signum: int, frame: Any) -> None:
         _state.redeliver = False
         if _state.flag_depth:
             return  # the loop has seen the flag already
+        if _state.shield_depth:
+            _state.pending = signum
+            return
         _raise(signum)
     _state.count += 1
     if _state.received is None:
         _state.received = signum
     if _state.flag_depth and _state.count == 1:
         log.warning("%s received: checkpointing after the current step", signal_name(signum))
+        return
+    if _state.shield_depth:
+        _state.pending = signum
+        _start_watchdog()
+        log.warning("%s received: stopping once the native library being imported is loaded", signal_name(signum))
         return
     if _state.flag_depth:
         log.warning("%s received again: stopping now, without a checkpoint", signal_name(signum))
@@ -139,13 +160,14 @@ def _in_hook(frame: Any) -> bool:
 def _start_watchdog() -> None:
     if _state.watchdog is not None or _state.deadline is None:
         return
-    _state.watchdog = threading.Thread(target=_watch, args=(_state.deadline,), name="crbatch-signal-deadline",
-                                       daemon=True)  # fmt: skip
-    _state.watchdog.start()
+    _state.watchdog = threading.Event()
+    threading.Thread(target=_watch, args=(_state.deadline, _state.watchdog), name="crbatch-signal-deadline",
+                     daemon=True).start()  # fmt: skip
 
 
-def _watch(deadline: float) -> None:
-    time.sleep(deadline)
+def _watch(deadline: float, cancelled: threading.Event) -> None:
+    if cancelled.wait(deadline):
+        return
     with contextlib.suppress(Exception):
         log.error("still running %.0f s after %s: exiting now (exit %d); temporaries left are removed at the next "
                   "start", deadline, signal_name(_state.received or signal.SIGTERM), int(ExitCode.INTERRUPTED))  # fmt: skip
@@ -153,6 +175,59 @@ def _watch(deadline: float) -> None:
             h.flush()
         sys.stderr.flush()
     os._exit(int(ExitCode.INTERRUPTED))
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Inside, a signal is only recorded; it is raised (exit 21) when the outermost shield is left,
+    unless the training loop's flag mode acts on it."""
+    _state.shield_depth += 1
+    try:
+        yield
+    finally:
+        _state.shield_depth -= 1
+        if not _state.shield_depth and _state.pending is not None:
+            signum, _state.pending = _state.pending, None
+            if not _state.flag_depth or _state.count > 1:
+                _raise(signum)
+
+
+class _ShieldedLoader:
+    """A module loader whose ``exec_module`` runs under :func:`shielded`; everything else is the
+    real loader's (resource readers, ``get_source``, ...)."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def create_module(self, spec: Any) -> Any:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with shielded():
+            self._inner.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _ShieldFinder:
+    """``sys.meta_path`` entry: the import of a package of :data:`NATIVE` runs shielded."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in NATIVE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ShieldedLoader(spec.loader)
+                return spec
+        return None
+
+
+_FINDER = _ShieldFinder()
 
 
 def install() -> bool:
@@ -168,6 +243,8 @@ def install() -> bool:
     if sys.unraisablehook is not _unraisable:
         _state.previous_hook = sys.unraisablehook
         sys.unraisablehook = _unraisable
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
     _state.installed = True
     return True
 
@@ -181,6 +258,8 @@ def uninstall() -> None:
             signal.signal(s, h)
     if sys.unraisablehook is _unraisable:
         sys.unraisablehook = _state.previous_hook or sys.__unraisablehook__
+    if _FINDER in sys.meta_path:
+        sys.meta_path.remove(_FINDER)
     _state.previous.clear()
     _state.installed = False
 
@@ -197,9 +276,12 @@ def requested() -> bool:
 
 
 def handled() -> None:
-    """The command ended because of the signal (exit 21 or 85): forget it (a process that runs
-    several commands, e.g. the tests, starts the next one clean)."""
-    _state.received, _state.count = None, 0
+    """The command ended because of the signal (exit 21 or 85): forget it and stop the watchdog (a
+    process that runs several commands, e.g. the tests, starts the next one clean)."""
+    _state.received, _state.count, _state.pending = None, 0, None
+    if _state.watchdog is not None:
+        _state.watchdog.set()
+        _state.watchdog = None
 
 
 @contextlib.contextmanager

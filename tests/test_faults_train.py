@@ -307,8 +307,8 @@ def _check_train_outcome(rc: int, run: Path, log: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_raised_inside_a_gc_callback_still_stops_training(tmp_path, datasets, backend, after):
     """SIGTERM whose handler runs inside a gc callback during start-up (Keras, then its backend being
-    imported): exit 21 or 85, never a run that ignores it. Before: "Exception ignored in ..." and the
-    run trained to its end."""
+    imported: shielded, the signal is raised once the import is done): exit 21 or 85, never a run
+    that ignores it. Before: "Exception ignored in ..." and the run trained to its end."""
     run = tmp_path / "run"
     log = tmp_path / "log"
     module = {"keras": "keras", "backend": {"tensorflow": "tensorflow.python", "jax": "jaxlib"}[backend]}[after]
@@ -328,6 +328,7 @@ def test_sigterm_raised_inside_a_gc_callback_stops_build(tmp_path, shards):
     p = _start(log, "build", shards, "--output-dir", out, wrapper=GC_WRAPPER, GC_SIGTERM_AFTER="crbatch.build.runner")
     rc = p.wait(timeout=300)
     assert rc == INTERRUPTED, log.read_text()[-3000:]
+    assert "delivering it again" in log.read_text()  # lost in the callback, raised again outside it
     assert not list(out.glob("*.h5")) if out.exists() else True
     if out.exists():
         _assert_nothing_half_written(out)
@@ -347,6 +348,86 @@ def test_sigterm_at_many_points_of_start_up(tmp_path, datasets, backend):
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=300)
         _check_train_outcome(rc, run, f"delay {delay}: " + log.read_text())
+
+
+# Catches every SystemExit forever (as code that swallows BaseException would): only the deadline ends it.
+SWALLOW_WRAPPER = r"""
+import time
+from crbatch import signals
+signals.install()
+print("ready", flush=True)
+while True:
+    try:
+        time.sleep(0.05)
+    except BaseException:
+        pass
+"""
+
+
+def test_a_swallowed_sigterm_still_ends_the_process_at_the_deadline(tmp_path):
+    """Code that catches the SystemExit of SIGTERM and carries on: the watchdog ends the process with
+    exit 21 CRBATCH_SIGNAL_DEADLINE seconds after the signal, saying why."""
+    log = tmp_path / "log"
+    p = _start(log, wrapper=SWALLOW_WRAPPER, CRBATCH_SIGNAL_DEADLINE="1")
+    _wait_for(lambda: "ready" in log.read_text() or p.poll() is not None, 60, "the wrapper")
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == INTERRUPTED
+    assert 0.9 < time.monotonic() - t0 < 30 and "exiting now" in log.read_text()
+
+
+def test_a_second_signal_in_the_training_loop_stops_at_once():
+    """Flag mode (the training loop): the first SIGTERM only sets the flag, a second one raises exit 21."""
+    from crbatch import signals
+
+    with signals.deferred() as requested:
+        assert not requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait_for(requested, 5, "the flag")
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # the handler runs at one of these bytecodes
+                pass
+        assert e.value.code == INTERRUPTED
+        signals.handled()  # as crbatch.cli does: the command ended (and the watchdog stands down)
+    assert not requested()  # the next deferred() starts clean
+
+
+def test_lock_held_by_a_survivor_of_a_dead_holder_is_not_taken_over(tmp_path):
+    """The recorded holder died but a process it forked still has the lock: a second writer is refused
+    (exit 16) and told which process to look for, instead of writing beside the survivor."""
+    from crbatch import locks
+
+    code = f"""
+import os, time
+from pathlib import Path
+from crbatch import locks
+with locks.hold(Path({str(tmp_path)!r}), "run directory"):
+    if os.fork() == 0:  # the child inherits the locked descriptor and outlives its parent
+        time.sleep(30)
+        os._exit(0)
+    os._exit(0)  # the parent dies without releasing (no finally): like kill -9
+"""
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), timeout=60, cwd=tmp_path)
+    assert p.returncode == 0
+    rec = locks.read_record(tmp_path)
+    assert rec is not None and rec.gone()  # the recorded holder has ended
+    try:
+        with pytest.raises(Exception) as e, locks.hold(tmp_path, "run directory"):
+            pass
+        assert getattr(e.value, "code", None) == LOCKED and "has ended but a process it started" in str(e.value)
+    finally:
+        survivors = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _cmd(int(d.name)) == code]
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _cmd(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return args[2].decode(errors="replace") if len(args) > 2 and args[1] == b"-c" else ""
 
 
 # --- 7. a dataset directory from two builds -----------------------------------------------------------
