@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
 
-from . import __version__
+from . import __version__, signals
 from .errors import EXIT_CODE_HELP, CrbatchError, ExitCode
 
 log = logging.getLogger("crbatch")
@@ -32,14 +30,9 @@ def _setup_logging(level: int) -> None:
     logging.getLogger("crbatch").setLevel(level)
 
 
-def _on_sigterm(signum, frame):
-    # Unwinds through every ``finally``: temporary outputs are removed, nothing half-written stays.
-    raise SystemExit(int(ExitCode.INTERRUPTED))
-
-
 def _exit_codes(args: argparse.Namespace) -> int:
     for code, text in EXIT_CODE_HELP.items():
-        print(f"{int(code):3d}  {code.name:<14} {text}")
+        print(f"{int(code):3d}  {code.name:<17} {text}")
     return 0
 
 
@@ -78,16 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM/SIGINT raise crbatch.signals.SignalExit (exit 21), which unwinds through every
+    # ``finally``: temporary outputs are removed, nothing half-written stays.
+    signals.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(args.verbose - args.quiet, logging.DEBUG)
     if args.verbose - args.quiet < -2:
         level = logging.ERROR
     _setup_logging(level)
-    if os.environ.get("CRBATCH_KEEP_SIGTERM") is None:
-        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args))
+    except signals.SignalExit as e:
+        signals.handled()
+        log.error("stopped by %s before finishing: nothing half-written was kept; rerun to do the work",
+                  signals.signal_name(e.signum))  # fmt: skip
+        return int(ExitCode.INTERRUPTED)
     except CrbatchError as e:
         log.error("%s", e)
         return int(e.code)
@@ -100,4 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    signals.install()  # before anything else: no moment of the command without a handler
+    try:
+        code = main()
+    except signals.SignalExit as e:  # before the logging was set up (or after the command's own try)
+        print(f"crbatch: stopped by {signals.signal_name(e.signum)} before finishing; rerun to do the work",
+              file=sys.stderr)  # fmt: skip
+        code = int(ExitCode.INTERRUPTED)
+    sys.exit(code)

@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     INPUT_CORRUPT = 11  # unreadable, truncated or not the format it claims
     INPUT_SCHEMA = 12  # readable, but the wrong schema (missing tree/branch, other schema version)
     INPUT_EMPTY = 13  # nothing to work on where something is required (e.g. a class with no jets)
+    TRAINING_DIVERGED = 15  # a non-finite loss or weight: the run stopped before writing the epoch
+    LOCKED = 16  # another live process holds the output's lock (a second trainer on one run directory)
     TRANSIENT = 20  # I/O or resource error that may pass (network storage, disk full): retry
     INTERRUPTED = 21  # stopped by a signal before finishing, nothing written: retry
     CHECKPOINTED = 85  # self-checkpointed on SIGTERM; resubmit to continue (HTCondor checkpoint_exit_code)
@@ -26,7 +28,7 @@ class ExitCode(IntEnum):
 
 DO_NOT_RETRY = frozenset(
     {ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT_MISSING, ExitCode.INPUT_CORRUPT, ExitCode.INPUT_SCHEMA,
-     ExitCode.INPUT_EMPTY}
+     ExitCode.INPUT_EMPTY, ExitCode.TRAINING_DIVERGED}
 )  # fmt: skip
 
 EXIT_CODE_HELP = {
@@ -38,6 +40,9 @@ EXIT_CODE_HELP = {
     ExitCode.INPUT_CORRUPT: "input unreadable, truncated or corrupt — do not retry",
     ExitCode.INPUT_SCHEMA: "input has the wrong schema (missing tree/branch, other version) — do not retry",
     ExitCode.INPUT_EMPTY: "input has nothing to work on where something is required — do not retry",
+    ExitCode.TRAINING_DIVERGED: "training diverged (non-finite loss or weights); the epoch was not written "
+    "— do not retry: lower the learning rate or check the inputs",
+    ExitCode.LOCKED: "another process is writing this output (lock held) — retry later (with a delay)",
     ExitCode.TRANSIENT: "transient I/O or resource error — retry",
     ExitCode.INTERRUPTED: "interrupted by a signal before finishing; nothing written — retry",
     ExitCode.CHECKPOINTED: "checkpoint written on SIGTERM — resubmit to continue",
@@ -77,6 +82,14 @@ class InputEmpty(CrbatchError):
 
 class Transient(CrbatchError):
     code = ExitCode.TRANSIENT
+
+
+class TrainingDiverged(CrbatchError):
+    code = ExitCode.TRAINING_DIVERGED
+
+
+class Locked(CrbatchError):
+    code = ExitCode.LOCKED
 
 
 def worst(codes: list[ExitCode]) -> ExitCode:

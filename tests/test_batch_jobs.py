@@ -38,6 +38,7 @@ def test_shell_mapping_equals_python():
     assert [int(x) for x in out] == [codes.scheduler_code(i) for i in range(256)]
     assert codes.scheduler_code(11) == codes.DO_NOT_RETRY == 65
     assert codes.scheduler_code(85) == 85 and codes.scheduler_code(20) == 20 and codes.scheduler_code(137) == 20
+    assert codes.scheduler_code(15) == 65 and codes.scheduler_code(16) == 16  # diverged: no retry; locked: retry
 
 
 @pytest.mark.parametrize(

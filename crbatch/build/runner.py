@@ -2,9 +2,12 @@
 
 Outputs: ``DIR/main_{train,val,test}.h5`` and, when data shards are given, ``DIR/cr_{train,val,test}.h5``,
 plus ``DIR/summary.json``. Every output is written under a temporary name; all are renamed into
-place only after all are complete, so a failed or killed build leaves the previous outputs (or
-nothing) — never a mix. A rebuild with the same build id (config + shard identities + xsec values)
-is skipped unless ``force``.
+place only after all are complete (datasets of a role this build does not make are removed first),
+so a failed build leaves the previous outputs (or nothing). A build killed -9 between two of the
+final renames leaves files of two builds: every reader refuses such a directory (build ids differ,
+crbatch.build.consistency) and the next build redoes it. A rebuild with the same build id (config +
+shard identities + xsec values) into a consistent directory is skipped unless ``force``. One build
+at a time writes a directory: a second one exits 16 (crbatch.locks).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, schema
+from .. import __version__, locks, schema
 from ..errors import InputEmpty, Transient
 from .config import BuildConfig, BuildInput
 from .h5io import tune_malloc
@@ -55,9 +58,18 @@ def build(cfg: BuildConfig, inputs: list[tuple[BuildInput | None, Path]]) -> dic
     log.info("pass 1 (check shards, plan the selection): %.1f s, peak RSS %.0f MB", time.monotonic() - t0, _peak_mb())
     bid = build_id(plan, cfg)
     finals = output_paths(cfg, plan.roles)
+    with locks.hold(cfg.output_dir, "dataset directory"):
+        return _build_locked(plan, cfg, bid, finals, t0)
+
+
+def _build_locked(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str, str], Path], t0: float) -> dict:
     if not cfg.force:
         done = _up_to_date(finals, bid)
         if done is not None:
+            _remove_other_outputs(cfg, plan.roles)  # left by a build killed before it removed them
+            summary_file = cfg.output_dir / SUMMARY_FILE
+            if _summary_build(summary_file) != bid:  # killed after the renames, before the summary
+                _write_summary_file(summary_file, done)
             log.warning("skip: %s already holds complete datasets of this build (id %s); --force redoes it",
                         cfg.output_dir, bid)  # fmt: skip
             return done
@@ -70,7 +82,6 @@ def build(cfg: BuildConfig, inputs: list[tuple[BuildInput | None, Path]]) -> dic
         summary = _write_all(plan, cfg, bid, finals, t0)
     except OSError as e:  # reads of shards are mapped to InputCorrupt already: this is the output side
         raise Transient(f"{cfg.output_dir}: cannot write the datasets ({e}); check space and permissions, retry") from e
-    _remove_other_outputs(cfg, plan.roles)
     _write_summary_file(cfg.output_dir / SUMMARY_FILE, summary)
     log_summary(summary)
     return summary
@@ -95,6 +106,9 @@ def _write_all(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str, s
             summary = make_summary(plan, cfg, bid, final_sums, factors, time.monotonic() - t0)
             for (role, split), tmp in tmps.items():
                 _write_attrs(tmp, role, split, plan, cfg, bid, summary)
+            # Before the renames: a kill between them then leaves this build's files beside the old
+            # build's of the same roles only (refused by every reader), never an old role as if current.
+            _remove_other_outputs(cfg, plan.roles)
         # Leaving the stack renamed every output into place.
     return summary
 
@@ -210,6 +224,14 @@ def _remove_other_outputs(cfg: BuildConfig, roles: list[str]) -> None:
             if p.exists() and schema.is_complete(p, "dataset"):
                 log.warning("removing %s: made by an earlier build, not part of this one", p)
                 p.unlink()
+
+
+def _summary_build(path: Path) -> str | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("build_id") if isinstance(doc, dict) else None
 
 
 def _write_summary_file(path: Path, summary: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 ``crbatch train`` starts a new run; ``--run N`` / ``--continue`` / ``--run-dir DIR`` work in an
 existing run (resuming from its checkpoint) or, for ``--run N`` ≥ 0 and ``--run-dir``, create it.
 A resumed run starts from its own ``config.yaml``; options given on the command line override it,
-except the fields that define the network or the order of the data (exit 3).
+except the fields that define the network or the order of the data (exit 3), and it refuses
+datasets rebuilt since its checkpoint (exit 3) unless ``--allow-new-data``. One process at a time
+works in a run directory: a second one exits 16 (crbatch.locks).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def register(sub) -> None:
                    help="work in run N of the model (created if absent; negative: counted from the latest, -1 = latest)")  # fmt: skip
     g.add_argument("--continue", dest="continue_latest", action="store_true", help="continue the latest run")
     g.add_argument("--run-dir", type=Path, metavar="DIR", help="work in this run directory (created if absent)")
+    p.add_argument("--allow-new-data", action="store_true",
+                   help="resume although the datasets were rebuilt since the checkpoint (another build id); "
+                        "recorded in training_details.txt")  # fmt: skip
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -91,8 +96,9 @@ def _uses_demo_data(cfg: TrainConfig) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import locks
     from . import runs
-    from .loop import StopFlag, TrainData, train
+    from .loop import TrainData
 
     cfg, run_dir, saved = resolve(args)
     if args.print_config:
@@ -106,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
     # Check the inputs before creating anything: a bad --data leaves no empty run directory behind.
     TrainData.check_inputs(cfg)
     run_dir = runs.claim(cfg.output_dir / cfg.model_name, run_dir)
+    # Before anything is written (and before Keras is imported): a second trainer stops here, exit 16.
+    with locks.hold(run_dir, "run directory"):
+        return _run_locked(args, cfg, run_dir, saved)
+
+
+def _run_locked(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> int:
+    from . import runs
+    from .loop import StopFlag, train
+
     text = cfg.to_yaml()
     env = runs.environment()
     if saved is None:
@@ -120,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         )
     log.info("run directory %s", run_dir)
     with StopFlag() as stop:
-        result = train(cfg, run_dir, stop=stop)
+        result = train(cfg, run_dir, stop=stop, allow_new_data=args.allow_new_data)
     if result.status == "checkpointed":
         runs.append_details(run_dir, "checkpointed", {"epochs done": result.epochs_done})
         return cfg.checkpoint_exit_code
