@@ -567,3 +567,28 @@ def test_dataset_record_without_a_build_id(tmp_path):
     with h5py.File(p, "a") as f:
         f.attrs[schema.A_SHARDS] = '["s2.h5"]'
     assert dataset_record(p)["identity"] != rec["identity"]
+
+
+def test_raw_input_onnx_of_a_parametrised_model(tmp_path, real_shard):
+    """mH and mS in GeV as one more input; the graph divides by 1000 and appends them to every slot."""
+    import onnxruntime as ort
+
+    from crbatch.export import onnx_raw, rawjets
+
+    cfg = TrainConfig(mH_parametrization=True, mS_parametrization=True)
+    model = randomized(cfg, seed=8)
+    model.save(tmp_path / "p.keras")
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    out = tmp_path / "out"
+    assert export("--model", tmp_path / "p.keras", "--config", tmp_path / "cfg.yaml", "--format", "onnx-raw",
+                  "--output-dir", out, "--check-data", real_shard, "--check-jets", 16) == 0  # fmt: skip
+    sess = ort.InferenceSession(str(out / "p.raw.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in sess.get_inputs()][-1] == ("mass_hypothesis", ["N", 2])
+    jets = rawjets.from_file(real_shard, 256)
+    raw, valid = jets.raw_inputs()
+    m = np.tile(np.array([[600.0, 275.0]], np.float32), (len(jets), 1))
+    got = onnx_raw.run(sess, raw, valid, m)
+    want = model.predict(rawjets.with_masses_tev(jets.scaled_inputs(ScalingConfig()), m), verbose=0)
+    assert np.max(np.abs(got - want)) <= TOL
+    side = json.loads((out / "p.preprocessing.json").read_text())
+    assert side["preprocessing"]["mass_hypothesis"]["features"] == ["mH", "mS"]
