@@ -117,7 +117,6 @@ def _check_selected(plan: Plan, cfg: BuildConfig, sums: dict[tuple[str, str, str
 
 
 def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig, bid: str, summary) -> None:
-    import h5py
 
     attrs = {
         schema.A_PRODUCER: "crbatch",
@@ -136,10 +135,10 @@ def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig,
         "labels": {str(int(v)): k for k, v in schema.DATA_TYPES.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with h5py.File(tmp, "a") as f:
+    with schema.h5_output(tmp, "a") as f:
         for k, v in attrs.items():
             f.attrs[k] = schema.to_attr(v)
-        f.attrs[schema.A_COMPLETE] = True  # last: marks the file as whole
+        schema.mark_complete(f)  # checksums, then the completion mark: last
 
 
 def make_summary(plan: Plan, cfg: BuildConfig, bid: str, final_sums, factors, seconds: float) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputCorrupt
-from ..schema import atomic_output
+from ..schema import atomic_output, h5_output
 
 NAME = "checkpoint.h5"
 FORMAT = 1
@@ -80,12 +80,11 @@ def set_rng_state(meta: dict[str, Any], keys: np.ndarray) -> None:
 
 def write(path: Path, state: Any, meta: dict[str, Any]) -> None:
     """Write ``state`` (host or device arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
-    import h5py
 
     host = to_host(state)
     rng_meta, keys = rng_state()
     meta = {**meta, "format": FORMAT, "rng": rng_meta}
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(path) as tmp, h5_output(tmp) as f:
         for key, arr in _flatten(host):
             f.create_dataset(f"state/{key}", data=arr)
         f.create_dataset("rng/numpy", data=keys)
