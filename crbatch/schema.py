@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator, Mapping
@@ -269,8 +270,6 @@ def remove_stale_tmp(directory: Path, final_name: str | None = None) -> int:
     except OSError:
         return 0
     for p in candidates:
-        if not p.is_file():
-            continue
         # .<final>.<host>.<pid>.<rand>.crbatch-tmp; the final name and the host may contain dots.
         parts = p.name[: -len(TMP_MARK)].rsplit(".", 2)
         if len(parts) != 3 or not parts[1].isdigit():
@@ -284,7 +283,10 @@ def remove_stale_tmp(directory: Path, final_name: str | None = None) -> int:
             continue
         if not pid_alive(int(parts[1])):
             try:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # e.g. the folder a .keras model is saved through
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed += 1
                 log.info("removed %s, left by a dead process", p)
             except FileNotFoundError:

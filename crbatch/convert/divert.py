@@ -85,8 +85,10 @@ def _locate_damage(tree, branches: list[str], start: int, stop: int) -> str | No
 
 
 def _first_line(e: BaseException) -> str:
+    mod = type(e).__module__
+    name = type(e).__qualname__ if mod == "builtins" else f"{mod.split('.')[0]}.{type(e).__qualname__}"
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    return f"{name}: {text.splitlines()[0]}" if text else name
 
 
 def chunk_read_error(path: str, tree, branches: list[str], start: int, step: int, e: Exception) -> CrbatchError:
@@ -205,7 +207,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
         with schema.h5_output(tmp) as out:
             writer = schema.TableWriter(out, compress=cfg.compress)
             if n_entries:
-                prog = Progress(n_entries, f"convert {src.name}", unit="events")
+                prog = Progress(n_entries, f"convert {shown(src.name)}", unit="events")
                 step = _entry_step(tree, needed, cfg.step_size)
                 chunks = tree.iterate(needed, step_size=cfg.step_size, library="ak")
                 start = 0

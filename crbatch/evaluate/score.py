@@ -327,10 +327,12 @@ def score_file(
     ignore_scaling_mismatch: bool = False,
 ) -> str:
     """Score ``src`` into ``dst``; returns ``"written"`` or ``"skipped"`` (complete already)."""
-
+    from .. import outputs
     from ..build.reader import DatasetReader
     from ..progress import Progress
     from ..scaling import ScalingConfig
+
+    outputs.check_output(dst, "scored", [src, model.path])
 
     attrs = _check_source(src)
     kind = attrs[schema.A_KIND]

@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +372,7 @@ def write_history(run_dir: Path, history: dict[str, list[float]]) -> None:
 
 def save_classifier(model, path: Path) -> None:
     """``model.save`` atomically (Keras insists on the ``.keras`` suffix, so via a temporary folder)."""
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = schema.tmp_path_for(path)  # a directory: removed by the next start if this process dies
     tmp.mkdir(parents=True)
     try:
         model.save(tmp / path.name)
