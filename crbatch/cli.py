@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         # library's own file): the same one line and exit code as everywhere else.
         err = classify_write_error(getattr(e, "filename", None) or "output", e) if _is_write_error(e) else None
         if err is not None:
+            log.debug("where the write failed:", exc_info=True)
             log.error("%s", err)
             return int(err.code)
         log.exception("internal error (please report this with the log above)")

@@ -196,6 +196,7 @@ class TableWriter:
             )
 
     def append(self, tables: Mapping[str, np.ndarray]) -> None:
+        raise_write_error(self.f)  # a full disk: stop now, not after converting the rest of the file
         k = len(tables["jets"])
         if k == 0:
             return
@@ -310,40 +311,117 @@ def pid_alive(pid: int) -> bool:
 # --- Writing HDF5 outputs --------------------------------------------------------------------------
 
 
+class _Sink:
+    """The file object HDF5 writes through (h5py's ``fileobj`` driver): positioned reads and writes
+    on one descriptor. After the first write error (disk full, quota, I/O error) it records the
+    error and drops every later write as if it had succeeded, so the HDF5 library never sees a
+    failure: HDF5 cannot recover from one (a failed flush inside a dataset's close is ignored by
+    h5py, the next close fails again, the original error is replaced, and the process segfaults in
+    the library's clean-up). :func:`h5_output` raises the recorded error instead."""
+
+    def __init__(self, path: Path, mode: str):
+        flags = {"w": os.O_RDWR | os.O_CREAT | os.O_TRUNC, "x": os.O_RDWR | os.O_CREAT | os.O_EXCL}.get(mode, os.O_RDWR)
+        self.path = Path(path)
+        self.fd = os.open(path, flags, 0o666)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def readinto(self, b: Any) -> int:
+        n = os.preadv(self.fd, [b], self.pos)
+        self.pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def write(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        n = len(mv)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, mv[done:], self.pos + done)
+            except OSError as e:
+                self.error = e
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: None}[whence]
+        self.pos = (os.fstat(self.fd).st_size if base is None else base) + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self.error = e
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 @contextlib.contextmanager
 def h5_output(path: Path, mode: str = "w", **kw: Any) -> Iterator[Any]:
-    """An ``h5py.File`` for writing ``path`` (a temporary of :func:`atomic_output`) that fails cleanly.
-
-    HDF5 cannot close a file whose buffers it cannot write: after a disk-full error its close
-    raises a second error that replaces the first, and the process later segfaults in the library's
-    own clean-up. So the file is flushed while it is still whole; if the body or the flush fails,
-    the file is abandoned (its descriptor pointed at ``/dev/null``, then closed: nothing more is
-    written to the doomed temporary) and the original error propagates.
-    """
+    """An ``h5py.File`` for writing ``path`` (a temporary of :func:`atomic_output`) that fails cleanly:
+    a write error (disk full, ...) is raised once, as the original ``OSError``, after the file is
+    closed — never a second error from HDF5's close, never a crash (see :class:`_Sink`). Long
+    writers call :func:`raise_write_error` to stop early instead of computing into a doomed file."""
     import h5py
 
-    f = h5py.File(path, mode, **kw)
+    sink = _Sink(path, mode)
     try:
-        yield f
-        f.flush()
+        f = h5py.File(sink, mode if mode != "x" else "w", **kw)
     except BaseException:
-        abandon_h5(f)
+        sink.close()
         raise
-    f.close()  # after a successful flush HDF5 has nothing left to write
-
-
-def abandon_h5(f: Any) -> None:
-    """Close an HDF5 file being written without writing anything more to it (see :func:`h5_output`)."""
+    _SINKS[id(f.id)] = sink
     try:
-        fd = f.id.get_vfd_handle() if f.driver == "sec2" else None
-    except Exception:
-        fd = None
-    if isinstance(fd, int) and fd >= 0:
-        null = os.open(os.devnull, os.O_RDWR)
         try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
+            yield f
+            f.flush()
+        except BaseException as e:
+            _close_quietly(f)
+            if sink.error is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise sink.error from e  # the write error is the cause of whatever followed it
+            raise
+        f.close()
+    finally:
+        _SINKS.pop(id(f.id), None)
+        sink.close()
+    if sink.error is not None:
+        raise sink.error
+
+
+_SINKS: dict[int, _Sink] = {}
+
+
+def _sink_of(f: Any) -> _Sink | None:
+    return _SINKS.get(id(f.id))
+
+
+def raise_write_error(f: Any) -> None:
+    """Raise the write error already met on ``f`` (an :func:`h5_output` file), if any."""
+    sink = _sink_of(f)
+    if sink is not None and sink.error is not None:
+        raise sink.error
+
+
+def _close_quietly(f: Any) -> None:
     try:
         f.close()
     except Exception as e:  # the original error matters, not this one
@@ -447,7 +525,9 @@ def mark_complete(f: Any) -> None:
     file's attributes, then the completion mark (last: a file without it is accepted by no reader).
     Call it once everything else is written; nothing may change the file afterwards."""
     f.flush()
-    with open(f.filename, "rb") as fh:
+    raise_write_error(f)
+    sink = _sink_of(f)
+    with open(sink.path if sink is not None else f.filename, "rb") as fh:
         sums = [(name, dataset_checksum(ds, fh.fileno())) for name, ds in _datasets(f)]
     for name, c in sums:
         f[name].attrs[A_CHECKSUM] = c

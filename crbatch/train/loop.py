@@ -533,7 +533,10 @@ class _Session:
         except _Interrupted:
             return False
         except BaseException:
-            self.save()  # the epoch's training is kept even if its validation fails
+            try:
+                self.save()  # the epoch's training is kept even if its validation fails
+            except Exception as e:  # e.g. the same full disk: the first error is the one to report
+                log.warning("could not write the checkpoint after the validation failed: %s", e)
             raise
         t_eval = time.perf_counter() - t1
         release_memory()  # the validation's buffers: keep the RSS flat from epoch to epoch
