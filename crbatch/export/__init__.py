@@ -239,6 +239,10 @@ def export_classifier(
         model, scaling=scaling, source=source, files=names, model_hash=hash_, parity=res.parity,
         mass_flags=mass_flags, mass_scale=mass_scale, provenance=provenance,
     )  # fmt: skip
+    from ..outputs import check_output
+
+    for kind, path in res.files.items():  # all refused or none: never a partial export over foreign files
+        check_output(path, f"export:{kind}", [source["path"]] if source.get("path") else [])
     meta = sidecar.onnx_metadata(res.sidecar)
     blobs: dict[str, bytes] = {}
     if fdoc is not None:

@@ -123,11 +123,20 @@ class ReportPage:
         self._names: set[str] = {"report.md", "index.html"}  # file names taken in the report directory
         self._anchors: set[str] = set()
         self._done = False
+        from ..outputs import check_output
+
+        check_output(self.out_dir, "report")  # it replaces the directory as a whole: never someone else's
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(self.out_dir)
         tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.tmp_dir = self.out_dir.with_name(f".{self.out_dir.name}.{tag}{TMP_MARK}")
-        self.tmp_dir.mkdir()
+        try:
+            self.tmp_dir.mkdir()
+        except OSError as e:
+            err = _write_error(self.out_dir, e)
+            if err is e:
+                raise
+            raise err from e
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> ReportPage:
@@ -138,6 +147,10 @@ class ReportPage:
             self.write()
         else:
             self.discard()
+            if isinstance(exc, (OSError, RuntimeError)):  # a figure that could not be saved: disk full, ...
+                err = _write_error(self.out_dir, exc)
+                if err is not exc:
+                    raise err from exc
 
     # -- content ---------------------------------------------------------------------------------
     def section(self, title: str, level: int = 2) -> str:
@@ -272,8 +285,11 @@ class ReportPage:
             (self.tmp_dir / "index.html").write_text(self.html(), encoding="utf-8")
             _fsync_dir_files(self.tmp_dir)
             _swap_into_place(self.tmp_dir, self.out_dir)
-        except BaseException:
+        except BaseException as e:
             self.discard()
+            err = _write_error(self.out_dir, e) if isinstance(e, OSError) else e
+            if err is not e:
+                raise err from e
             raise
         self._done = True
         log.info("wrote report %s (%d files)", self.out_dir / "report.md", sum(1 for _ in self.out_dir.iterdir()))
@@ -326,6 +342,13 @@ class ReportPage:
             name = f"{base}_{i}"
         taken.add(name)
         return name
+
+
+def _write_error(out_dir: Path, e: BaseException) -> BaseException:
+    """The classified error (exit 20 disk full, 14 read-only/forbidden) for a failed write, or ``e``."""
+    from ..errors import classify_write_error
+
+    return classify_write_error(out_dir, e) or e
 
 
 def _fsync_dir_files(d: Path) -> None:
