@@ -26,6 +26,7 @@ from .errors import CrbatchError, ExitCode
 from .inputs import describe_file, shown
 
 DIRECTORY_KINDS = frozenset({"report", "run"})
+PIPELINE_STATUS_FILES = frozenset({"status.md", "status.json"})
 
 _WHAT = {
     "shard": "a crbatch shard (HDF5)",
@@ -199,7 +200,9 @@ def _report(path: Path, tree: str) -> str:
     names = _entries(path)
     if names is None:
         return "it is not a directory"
-    if not names or {"report.md", "index.html"} <= set(names):
+    # The pipeline's report job writes its status next to the analysis (batch/layout.py), before or
+    # after it: a directory holding only those is still a crbatch report directory.
+    if not names or {"report.md", "index.html"} <= set(names) or set(names) <= PIPELINE_STATUS_FILES:
         return ""
     return f"a directory without report.md and index.html (it holds {_listing(names)})"
 

@@ -82,8 +82,10 @@ def _headroom(ax: Any, values: Sequence[float], log: bool, frac: float = 0.58, f
     lo, hi = float(v.min()), float(v.max())
     if log:
         lo = floor if floor is not None else lo / 2
-        hi = max(hi, lo * 10)
-        ax.set_ylim(lo, lo * (hi / lo) ** (1 / frac))
+        # In decades, capped at 12 above the floor: an upper limit of a rejection from a handful of
+        # background jets can be astronomically large (1/ε with ε → 0) and would overflow the range.
+        decades = min(max(np.log10(hi / lo), 1.0), 12.0)
+        ax.set_ylim(lo, lo * 10 ** (decades / frac))
     else:
         lo = floor if floor is not None else min(0.0, lo)
         ax.set_ylim(lo, lo + (hi - lo) / frac if hi > lo else lo + 1)
@@ -203,7 +205,7 @@ def fig_binned(items: Sequence[tuple[Model, Binned]], lines: Sequence[str], ref:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     r, rl, rh = y / ry, lo / ry, top / ry
                 good = np.isfinite(r) & np.isfinite(rl) & np.isfinite(rh)
-                err = np.maximum(0, [(r - rl)[good], (rh - r)[good]])
+                err = np.maximum(0, [r[good] - rl[good], rh[good] - r[good]])
                 rax.errorbar(x[good], r[good], yerr=err, fmt=mk, color=color, ms=3.5,
                              mfc=color if mi == 0 else "white", lw=1.0, capsize=0)  # fmt: skip
                 rvals += list(r[good])
