@@ -8,9 +8,11 @@
 #
 # Exit codes the scheduler sees (docs/batch.md; crbatch/batch/codes.py is the same table):
 #   crbatch 0                    -> 0   success (also: output already complete)
-#   crbatch 2 3 10 11 12 13      -> 65  do not retry (bad command line/config/input): RETRY ... UNLESS-EXIT 65
+#   crbatch 2 3 10 11 12 13 14 15 -> 65 do not retry (bad command line/config/input, unwritable output, training diverged): RETRY ... UNLESS-EXIT 65
 #   crbatch 85                   -> 85  checkpoint written on SIGTERM: restart / requeue to continue
 #   crbatch 1 20 21              -> same: retry (internal error, transient I/O, interrupted)
+#   crbatch 16                   -> 16  output locked by another live process: retry, after
+#                                       CRBATCH_LOCKED_WAIT seconds (default 120) spent here
 #   crbatch killed by a signal   -> 20  retry
 #   this script cannot start     -> 65  (no crbatch, no plan): retrying cannot help
 #
@@ -19,11 +21,13 @@
 #   CRBATCH_PYTHON   a Python with crbatch installed (used when CRBATCH is unset and crbatch is not on PATH)
 #   CRBATCH_REQUEUE  "slurm": requeue this job after a retryable failure or a checkpoint (needs --requeue)
 #   CRBATCH_RETRIES  with CRBATCH_REQUEUE: failures requeued at most this often (default 0)
+#   CRBATCH_LOCKED_WAIT  seconds to wait before exiting 16, so that the scheduler's retries are spaced
+#                    (default 120; the local backend sets 0 and does not retry 16)
 
 export HDF5_USE_FILE_LOCKING=FALSE # shared file systems (Lustre, GPFS, EOS fuse) often lack POSIX locks
 export PYTHONUNBUFFERED=1          # the job log shows progress as it happens
 
-readonly CRB_DO_NOT_RETRY=65 CRB_CHECKPOINT=85 CRB_KILLED=20
+readonly CRB_DO_NOT_RETRY=65 CRB_CHECKPOINT=85 CRB_KILLED=20 CRB_LOCKED=16
 
 crb_say() { printf '[crbatch job %s] %s\n' "$(date '+%F %T')" "$*" >&2; }
 
@@ -32,7 +36,7 @@ crb_map_exit() {
   case "$1" in
     0) echo 0 ;;
     85) echo "$CRB_CHECKPOINT" ;;
-    2 | 3 | 10 | 11 | 12 | 13) echo "$CRB_DO_NOT_RETRY" ;;
+    2 | 3 | 10 | 11 | 12 | 13 | 14 | 15) echo "$CRB_DO_NOT_RETRY" ;;
     *) if [ "$1" -gt 128 ]; then echo "$CRB_KILLED"; else echo "$1"; fi ;;
   esac
 }
@@ -204,6 +208,15 @@ crb_finish() {
   if [ "$code" = 0 ]; then rm -f -- "$CRB_ERR"; else crb_errors; fi
   crb_status "$state" "$rc" "$code"
   crb_say "job $CRB_JOB: $state (crbatch exit $rc, job exit $code); log: $CRB_LOG"
+  if [ "$code" = "$CRB_LOCKED" ]; then
+    local wait=${CRBATCH_LOCKED_WAIT:-120}
+    case "$wait" in '' | *[!0-9]*) wait=120 ;; esac
+    if [ "$wait" -gt 0 ]; then
+      crb_say "another process writes this job's output: waiting ${wait} s before exiting, so that a retry comes later"
+      sleep "$wait" &
+      wait $! || true # in the background: a SIGTERM (eviction) ends the wait at once
+    fi
+  fi
   if [ "$state" = failed ]; then
     sed 's/^/  | /' -- "$CRB_ERR" >&2 || true
     if [ "$code" != "$CRB_DO_NOT_RETRY" ] && [ "$CRB_FAILURES" -le "${CRBATCH_RETRIES:-0}" ] && crb_requeue; then

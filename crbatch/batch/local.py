@@ -4,7 +4,9 @@ Stages run in order, the tasks of a stage in parallel (``--workers``, at most th
 ``resources.throttle``). A job that fails with a retryable code is run again up to
 ``resources.retries`` times; one that checkpointed (85) is run again at once and resumes. A stage
 with a failed task stops the pipeline (its dependants would fail too). Ctrl-C or SIGTERM passes
-SIGTERM to the running jobs (the training checkpoints) and waits for them.
+SIGTERM to the running jobs (the training checkpoints) and waits for them. A job whose output is
+locked by another live process (exit 16, e.g. the training of an earlier ``submit`` that was killed
+with -9 and whose ``crbatch train`` still runs) is not retried: that process is doing the work.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from .. import signals
 from ..errors import ExitCode, worst
 from . import codes
 from .plan import SCRIPTS, STAGES, Plan, Task
@@ -41,6 +44,7 @@ def job_environment(plan: Plan, jobs_dir: Path, scheduler: str) -> dict[str, str
         env["CRBATCH_PYTHON"] = sys.executable
     env["CRBATCH_JOBS"] = str(jobs_dir)
     env["CRBATCH_SCHEDULER"] = scheduler
+    env.setdefault("CRBATCH_LOCKED_WAIT", "0")  # jobs/common.sh spaces scheduler retries of exit 16; not here
     env.update(plan.pipeline.env)
     return env
 
@@ -87,6 +91,11 @@ class LocalRunner:
                 log.info("%s: done (%.0f s)", task.job, took)
                 return 0
             if self.stopping.is_set():
+                return code
+            if code == ExitCode.LOCKED:
+                for line in out.strip().splitlines()[-3:]:
+                    log.warning("  %s", line)
+                log.error("%s: its output is locked by another live process (above); not started twice", task.job)
                 return code
             if code == codes.CHECKPOINT and requeues < max_requeues:
                 requeues += 1
@@ -143,6 +152,7 @@ class LocalRunner:
         return int(worst(recorded))
 
     def run(self) -> int:
+        signals.set_deadline(None)  # on SIGTERM it waits for its jobs' checkpoints on purpose
         states = collect_status(self.plan)
         work = todo(self.plan, states)
         for stage in (s for s in STAGES if self.plan.stage(s)):

@@ -1,8 +1,10 @@
 """What is done, failed, running or missing — from the shared storage alone, no scheduler query.
 
-Three sources, all on the storage (crbatch/batch/layout.py):
-- completion marks of the outputs (a shard or dataset with ``complete`` set; a run whose history
-  has every epoch; the analysis report and the exports);
+Four sources, all on the storage (crbatch/batch/layout.py):
+- completion marks of the outputs (a shard or dataset with ``complete`` set, all datasets of one
+  build; a run whose history has every epoch; the analysis report and the exports);
+- the output locks (crbatch.locks): a run or dataset directory whose lock is held is being written
+  by the process recorded in it (host, pid, start), whatever the status file says;
 - the status file each ``jobs/*.sh`` writes atomically when a job starts and ends (state, crbatch's
   exit code, attempt, host, scheduler id, log path) and the ``.err`` file with the error lines;
 - the training's ``history.json`` (epochs done) and ``config.yaml`` (epochs wanted).
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import schema
+from .. import locks, schema
 from ..errors import DO_NOT_RETRY, EXIT_CODE_HELP, ExitCode
 from .plan import STAGES, Plan, Task
 
@@ -81,9 +83,7 @@ def output_done(plan: Plan, task: Task) -> bool:
     if task.stage == "convert":
         return schema.is_complete(Path(task.outputs[0]), "shard")
     if task.stage == "build":
-        roles = ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else [])
-        files = [lay.datasets / f"{r}_{s}.h5" for r in roles for s in ("train", "val", "test")]
-        return (lay.datasets / "summary.json").is_file() and all(schema.is_complete(f, "dataset") for f in files)
+        return _datasets_done(lay.datasets, ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else []))
     if task.stage == "train":
         return epochs_done(lay.run_dir) >= p.epochs
     if task.stage == "analyze":
@@ -91,6 +91,22 @@ def output_done(plan: Plan, task: Task) -> bool:
             return False
         return not p.analyze.export.enabled or any(lay.exports.glob("*.preprocessing.json"))
     return False
+
+
+def _datasets_done(directory: Path, roles: list[str]) -> bool:
+    """Every dataset of ``roles`` complete, all from one build (no other build's files beside them),
+    and ``summary.json`` of that build: a build killed between its final renames is not done."""
+    from ..build.consistency import build_ids
+
+    files = [directory / schema.dataset_filename(r, s) for r in roles for s in schema.SPLITS]
+    if not all(schema.is_complete(f, "dataset") for f in files):
+        return False
+    ids = set(build_ids(directory).values())
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return len(ids) == 1 and isinstance(summary, dict) and summary.get("build_id") in ids
 
 
 def _local_pid_dead(scheduler: str, host: str) -> bool:
@@ -105,6 +121,11 @@ def _local_pid_dead(scheduler: str, host: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def output_dir(plan: Plan, task: Task) -> Path | None:
+    """The directory a task's process locks while it writes (train: the run, build: the datasets)."""
+    return {"train": plan.layout.run_dir, "build": plan.layout.datasets}.get(task.stage)
 
 
 def job_status(plan: Plan, task: Task) -> JobStatus:
@@ -132,6 +153,13 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
         st.state = recorded
     elif recorded == "done":  # the job finished but its output is gone or incomplete now
         st.state, st.detail = "missing", "output removed or incomplete since the job ran"
+    locked = output_dir(plan, task)
+    holder = locks.holder(locked) if locked is not None else None
+    if holder is not None:  # a live process writes the output (e.g. one left by a killed `submit`)
+        st.state, st.retry, st.host, st.since = "running", None, holder.host, holder.start
+        held = f"{locked.name} locked by {holder.describe()}"
+        st.detail = f"{st.detail}; {held}" if task.stage == "train" and st.epochs else held
+        return st
     if st.state == "failed":
         try:
             st.error = [ln for ln in lay.err_file(task.job).read_text(errors="replace").splitlines() if ln.strip()]

@@ -171,6 +171,7 @@ def _open_attrs(path: Path) -> dict[str, Any]:
     scaled = attrs.get(schema.A_SCALED)
     if is_scaled(scaled) and scaled != LEGACY_NAME:
         raise InputSchema(f"{path}: features already scaled ({scaled}); build reads raw or reference-scaled shards")
+    _verify(path)
     return attrs
 
 
@@ -199,6 +200,19 @@ def mixed_use(data_type: str, attrs: dict[str, Any], entry: BuildInput | None) -
     if entry is not None and entry.use:
         return entry.use
     return "cr" if attrs.get("legacy_kind") == "control-region" else "main"
+
+
+def _verify(path: Path) -> None:
+    """The shard's content checksums (a damaged shard is exit 11, one without checksums exit 12)."""
+    try:
+        with open_h5(path) as f:
+            schema.verify_content(f)
+    except schema.DamagedError as e:
+        raise InputCorrupt(f"{path}: damaged shard: {e}; reconvert it (crbatch convert redoes it by itself)") from e
+    except schema.NotAcceptedError as e:
+        raise InputSchema(f"{path}: {e}") from e
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise InputCorrupt(f"{path}: damaged shard: reading its stored data failed ({e}); reconvert it") from e
 
 
 def _dsid(attrs: dict[str, Any], entry: BuildInput | None, path: Path) -> int:

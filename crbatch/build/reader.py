@@ -48,6 +48,7 @@ from .. import schema
 from ..errors import InputMissing
 from ..inputs import expand
 from ..scaling import LEGACY_NAME, ScalingConfig, float_view, is_scaled, scale_tables
+from .consistency import check_same_build
 from .h5io import SliceReader
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class _Source:
                 scaled = attrs.get(schema.A_SCALED)
                 if kind == "dataset":
                     mode = "dataset"
+                    check_same_build(p)  # exit 12 on a directory left with files of two builds
                 elif kind == "shard":
                     mode = "legacy" if scaled == LEGACY_NAME else "raw"
                     if mode == "raw" and is_scaled(scaled):

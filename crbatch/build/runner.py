@@ -2,9 +2,12 @@
 
 Outputs: ``DIR/main_{train,val,test}.h5`` and, when data shards are given, ``DIR/cr_{train,val,test}.h5``,
 plus ``DIR/summary.json``. Every output is written under a temporary name; all are renamed into
-place only after all are complete, so a failed or killed build leaves the previous outputs (or
-nothing) — never a mix. A rebuild with the same build id (config + shard identities + xsec values)
-is skipped unless ``force``.
+place only after all are complete (datasets of a role this build does not make are removed first),
+so a failed build leaves the previous outputs (or nothing). A build killed -9 between two of the
+final renames leaves files of two builds: every reader refuses such a directory (build ids differ,
+crbatch.build.consistency) and the next build redoes it. A rebuild with the same build id (config +
+shard identities + xsec values) into a consistent directory is skipped unless ``force``. One build
+at a time writes a directory: a second one exits 16 (crbatch.locks).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, schema
-from ..errors import InputEmpty, Transient
+from .. import __version__, locks, outputs, schema
+from ..errors import InputEmpty, Transient, classify_write_error
 from .config import BuildConfig, BuildInput
 from .h5io import tune_malloc
 from .parallel import n_workers, run_gather, run_scatter
@@ -55,10 +58,23 @@ def build(cfg: BuildConfig, inputs: list[tuple[BuildInput | None, Path]]) -> dic
     log.info("pass 1 (check shards, plan the selection): %.1f s, peak RSS %.0f MB", time.monotonic() - t0, _peak_mb())
     bid = build_id(plan, cfg)
     finals = output_paths(cfg, plan.roles)
+    shards = [s.path for s in plan.shards] + [Path(p) for p, _ in plan.skipped]
+    for p in finals.values():
+        outputs.check_output(p, "dataset", shards)
+    outputs.check_output(cfg.output_dir / SUMMARY_FILE, "summary", shards)
+    with locks.hold(cfg.output_dir, "dataset directory"):
+        return _build_locked(plan, cfg, bid, finals, t0)
+
+
+def _build_locked(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str, str], Path], t0: float) -> dict:
     if not cfg.force:
         done = _up_to_date(finals, bid)
         if done is not None:
-            log.warning("skip: %s already holds complete datasets of this build (id %s); --force redoes it",
+            _remove_other_outputs(cfg, plan.roles)  # left by a build killed before it removed them
+            summary_file = cfg.output_dir / SUMMARY_FILE
+            if _summary_build(summary_file) != bid:  # killed after the renames, before the summary
+                _write_summary_file(summary_file, done)
+            log.info("skip: %s already holds complete datasets of this build (id %s); --force redoes it",
                         cfg.output_dir, bid)  # fmt: skip
             return done
     log.info("build %s: %d shards used, %d skipped; datasets: %s", bid, len(plan.shards), len(plan.skipped),
@@ -68,9 +84,11 @@ def build(cfg: BuildConfig, inputs: list[tuple[BuildInput | None, Path]]) -> dic
 
     try:
         summary = _write_all(plan, cfg, bid, finals, t0)
-    except OSError as e:  # reads of shards are mapped to InputCorrupt already: this is the output side
-        raise Transient(f"{cfg.output_dir}: cannot write the datasets ({e}); check space and permissions, retry") from e
-    _remove_other_outputs(cfg, plan.roles)
+    except (OSError, RuntimeError) as e:  # reads of shards are mapped to InputCorrupt already: this is the output side
+        err = classify_write_error(cfg.output_dir, e)
+        if err is None and isinstance(e, RuntimeError):
+            raise
+        raise err or Transient(f"{cfg.output_dir}: cannot write the datasets ({e}); retry") from e
     _write_summary_file(cfg.output_dir / SUMMARY_FILE, summary)
     log_summary(summary)
     return summary
@@ -95,6 +113,9 @@ def _write_all(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str, s
             summary = make_summary(plan, cfg, bid, final_sums, factors, time.monotonic() - t0)
             for (role, split), tmp in tmps.items():
                 _write_attrs(tmp, role, split, plan, cfg, bid, summary)
+            # Before the renames: a kill between them then leaves this build's files beside the old
+            # build's of the same roles only (refused by every reader), never an old role as if current.
+            _remove_other_outputs(cfg, plan.roles)
         # Leaving the stack renamed every output into place.
     return summary
 
@@ -117,7 +138,6 @@ def _check_selected(plan: Plan, cfg: BuildConfig, sums: dict[tuple[str, str, str
 
 
 def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig, bid: str, summary) -> None:
-    import h5py
 
     attrs = {
         schema.A_PRODUCER: "crbatch",
@@ -136,10 +156,10 @@ def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig,
         "labels": {str(int(v)): k for k, v in schema.DATA_TYPES.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with h5py.File(tmp, "a") as f:
+    with schema.h5_output(tmp, "a") as f:
         for k, v in attrs.items():
             f.attrs[k] = schema.to_attr(v)
-        f.attrs[schema.A_COMPLETE] = True  # last: marks the file as whole
+        schema.mark_complete(f)  # checksums, then the completion mark: last
 
 
 def make_summary(plan: Plan, cfg: BuildConfig, bid: str, final_sums, factors, seconds: float) -> dict[str, Any]:
@@ -192,10 +212,10 @@ def log_summary(summary: dict[str, Any]) -> None:
             cells = [
                 f"{CLASS_NAMES.get(dt, dt)} {c['jets']} (Σw {c['sum_weight_balanced']:.4g})" for dt, c in per.items()
             ]
-            log.warning("summary %-4s %-5s: %s", role, split, ", ".join(cells) or "no jets")
+            log.info("summary %-4s %-5s: %s", role, split, ", ".join(cells) or "no jets")
     files = summary["files"]
     why = ", ".join(f"{n} {r}" for r, n in files["skipped_by_reason"].items())
-    log.warning("summary files: %d given, %d used, %d skipped%s; %d jets in %.1f s", files["given"], files["used"],
+    log.info("summary files: %d given, %d used, %d skipped%s; %d jets in %.1f s", files["given"], files["used"],
                 files["skipped"], f" ({why})" if why else "", summary["jets_written"], summary["seconds"])  # fmt: skip
 
 
@@ -210,6 +230,14 @@ def _remove_other_outputs(cfg: BuildConfig, roles: list[str]) -> None:
             if p.exists() and schema.is_complete(p, "dataset"):
                 log.warning("removing %s: made by an earlier build, not part of this one", p)
                 p.unlink()
+
+
+def _summary_build(path: Path) -> str | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("build_id") if isinstance(doc, dict) else None
 
 
 def _write_summary_file(path: Path, summary: dict[str, Any]) -> None:

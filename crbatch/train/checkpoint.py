@@ -9,7 +9,14 @@ Layout of ``checkpoint.h5``::
     state/acc                 partial-epoch metric accumulators (crbatch.train.adversarial.ACC_NAMES)
     rng/numpy                 numpy's global MT19937 key (the rest of its state is in ``meta``)
     attrs: meta (JSON)        format, epoch, step, phase, reader position, history, Python RNG state,
-                              config, backend, variable names; complete = True (written last)
+                              config, backend, variable names, build ids of the datasets;
+           meta_sha256        SHA-256 of the meta text; complete = True (written last)
+
+Every array carries the SHA-256 of its dtype, shape and bytes (attribute ``sha256``), verified when
+the checkpoint is read: a damaged checkpoint is never loaded. The last two are kept: writing a new
+one renames the current one to ``checkpoint.prev.h5`` first, and :func:`load_latest` falls back to
+it (a kill between the two renames leaves only the previous one, which is then used). A state with
+a NaN or an infinity is never written (:class:`~crbatch.errors.TrainingDiverged`, exit 15).
 
 The state is read back into a template (a freshly built trainer's state): every array must have
 the template's shape, so a checkpoint of another architecture is refused instead of half-loaded.
@@ -17,18 +24,26 @@ the template's shape, so a checkpoint of another architecture is refused instead
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputCorrupt
-from ..schema import atomic_output
+from ..errors import ConfigError, InputCorrupt, TrainingDiverged
+from ..schema import atomic_output, h5_output, remove_stale_tmp
+
+log = logging.getLogger(__name__)
 
 NAME = "checkpoint.h5"
-FORMAT = 1
+PREVIOUS = "checkpoint.prev.h5"  # the one before: the fallback when NAME is damaged or missing
+DAMAGED = "checkpoint.damaged.h5"  # a damaged NAME is moved here (kept for inspection, never read)
+FORMAT = 2  # 2: SHA-256 per array and of the meta; 1 (no checksums) is still read
+A_SHA = "sha256"
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -78,40 +93,115 @@ def set_rng_state(meta: dict[str, Any], keys: np.ndarray) -> None:
     np.random.set_state((name, keys, pos, has_gauss, cached))
 
 
+def digest(arr: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+def non_finite(state: Any) -> list[str]:
+    """Paths of the floating-point arrays of a (host) state tree holding a NaN or an infinity."""
+    return [k for k, a in _flatten(state) if np.issubdtype(np.asarray(a).dtype, np.floating)
+            and not np.isfinite(a).all()]  # fmt: skip
+
+
 def write(path: Path, state: Any, meta: dict[str, Any]) -> None:
-    """Write ``state`` (host or device arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
-    import h5py
+    """Write ``state`` (host or device arrays) and ``meta`` (JSON-able) to ``path`` atomically, keeping
+    the checkpoint it replaces as ``checkpoint.prev.h5``. Refuses a non-finite state (exit 15)."""
 
     host = to_host(state)
+    bad = non_finite(host)
+    if bad:
+        raise TrainingDiverged(
+            f"epoch {meta.get('epoch')}, step {meta.get('step')}: the network or optimizer state holds NaN or "
+            f"infinite values ({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): training diverged; no "
+            f"checkpoint written, {path.name} is the last good state — lower the learning rate (lr_values) or "
+            "check the inputs, then resume"
+        )
     rng_meta, keys = rng_state()
     meta = {**meta, "format": FORMAT, "rng": rng_meta}
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for key, arr in _flatten(host):
-            f.create_dataset(f"state/{key}", data=arr)
-        f.create_dataset("rng/numpy", data=keys)
-        f.attrs["meta"] = json.dumps(meta, allow_nan=True)
-        f.attrs["complete"] = True  # last: a reader refuses a file without it
+    text = json.dumps(meta, allow_nan=True)
+    remove_stale_tmp(path.parent, path.name)  # left by a killed process on this host
+    with atomic_output(path) as tmp:
+        with h5_output(tmp) as f:
+            for key, arr in [*((f"state/{k}", a) for k, a in _flatten(host)), ("rng/numpy", keys)]:
+                f.create_dataset(key, data=arr).attrs[A_SHA] = digest(np.asarray(arr))
+            f.attrs["meta"] = text
+            f.attrs["meta_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+            f.attrs["complete"] = True  # last: a reader refuses a file without it
+        if path.exists():  # the last two are kept: the current one becomes the previous one
+            os.replace(path, path.with_name(PREVIOUS))
 
 
 def read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray]:
-    """(flat state arrays by path, meta, numpy RNG keys)."""
+    """(flat state arrays by path, meta, numpy RNG keys), every checksum verified (exit 11 if damaged)."""
     import h5py
+
+    def damaged(why: str) -> InputCorrupt:
+        return InputCorrupt(f"{path}: damaged checkpoint ({why})")
 
     try:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete"):
-                raise InputCorrupt(f"{path}: incomplete checkpoint; delete it to restart the run from scratch")
-            meta = json.loads(f.attrs["meta"])
-            values: dict[str, np.ndarray] = {}
-            f["state"].visititems(
-                lambda k, obj: values.__setitem__(k, obj[()]) if isinstance(obj, h5py.Dataset) else None
+                raise damaged("no completion mark")
+            text = f.attrs["meta"]
+            text = text.decode() if isinstance(text, bytes) else str(text)
+            want_meta = f.attrs.get("meta_sha256")
+            if want_meta is not None and hashlib.sha256(text.encode()).hexdigest() != str(want_meta):
+                raise damaged("its metadata does not match their checksum")
+            meta = json.loads(text)
+            arrays: dict[str, tuple[np.ndarray, Any]] = {}
+            f.visititems(
+                lambda k, o: arrays.__setitem__(k, (o[()], o.attrs.get(A_SHA))) if isinstance(o, h5py.Dataset) else None
             )
-            keys = f["rng/numpy"][()]
-    except (OSError, KeyError, ValueError) as e:
-        raise InputCorrupt(f"{path}: unreadable checkpoint ({e}); delete it to restart the run from scratch") from e
-    if meta.get("format") != FORMAT:
-        raise ConfigError(f"{path}: checkpoint format {meta.get('format')}, this crbatch reads {FORMAT}")
-    return values, meta, keys
+    except InputCorrupt:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError … on damaged structure
+        raise damaged(f"unreadable: {type(e).__name__}: {e}") from e
+    if meta.get("format") not in (1, FORMAT):
+        raise ConfigError(f"{path}: checkpoint format {meta.get('format')}, this crbatch reads 1 and {FORMAT}")
+    if "rng/numpy" not in arrays:
+        raise damaged("no rng/numpy")
+    if meta.get("format") == 1:
+        log.warning("%s: written by an older crbatch without checksums: not verified", path)
+    else:
+        bad = [k for k, (a, sha) in arrays.items() if sha is None or digest(a) != str(sha)]
+        if bad:
+            raise damaged(f"{len(bad)} array(s) do not match their checksum, e.g. {bad[0]}")
+    values = {k.removeprefix("state/"): a for k, (a, _) in arrays.items() if k.startswith("state/")}
+    return values, meta, arrays["rng/numpy"][0]
+
+
+def load_latest(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, Path] | None:
+    """The newest good checkpoint of a run: ``checkpoint.h5``, else ``checkpoint.prev.h5`` (a damaged
+    ``checkpoint.h5`` is moved to ``checkpoint.damaged.h5``); None when there is none at all.
+    Exit 11 when every checkpoint there is damaged."""
+    latest, previous = run_dir / NAME, run_dir / PREVIOUS
+    errors: list[str] = []
+    for p in (latest, previous):
+        if not p.exists():
+            continue
+        try:
+            values, meta, keys = read(p)
+        except InputCorrupt as e:
+            errors.append(str(e))
+            continue
+        if p == previous:
+            if errors:
+                os.replace(latest, run_dir / DAMAGED)  # never again the "previous" of a new checkpoint
+                log.warning("%s; moved to %s. Resuming from %s (epoch %s, step %s): the work since is redone, "
+                            "bit-identically", errors[0], DAMAGED, PREVIOUS, meta.get("epoch"), meta.get("step"))  # fmt: skip
+            else:
+                log.warning("%s missing (killed while replacing it?): resuming from %s", NAME, PREVIOUS)
+        return values, meta, keys, p
+    if errors:
+        raise InputCorrupt(
+            f"{run_dir}: no good checkpoint ({'; '.join(errors)}); delete {NAME} and {PREVIOUS} to restart the run "
+            "from scratch"
+        )
+    return None
 
 
 def restore_state(values: dict[str, np.ndarray], template: Any, path: Path) -> Any:

@@ -3,7 +3,9 @@
 ``crbatch train`` starts a new run; ``--run N`` / ``--continue`` / ``--run-dir DIR`` work in an
 existing run (resuming from its checkpoint) or, for ``--run N`` ≥ 0 and ``--run-dir``, create it.
 A resumed run starts from its own ``config.yaml``; options given on the command line override it,
-except the fields that define the network or the order of the data (exit 3).
+except the fields that define the network or the order of the data (exit 3), and it refuses
+datasets rebuilt since its checkpoint (exit 3) unless ``--allow-new-data``. One process at a time
+works in a run directory: a second one exits 16 (crbatch.locks).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import add_config_arguments, deep_merge, load_yaml, parse_set_items, validation_message
+from .. import outputs, schema
+from ..config import (
+    add_config_arguments,
+    check_overridden,
+    deep_merge,
+    flag_values,
+    load_yaml,
+    parse_set_items,
+    validation_message,
+)
 from ..errors import ConfigError
 from .config import TrainConfig
 
@@ -37,6 +48,9 @@ def register(sub) -> None:
                    help="work in run N of the model (created if absent; negative: counted from the latest, -1 = latest)")  # fmt: skip
     g.add_argument("--continue", dest="continue_latest", action="store_true", help="continue the latest run")
     g.add_argument("--run-dir", type=Path, metavar="DIR", help="work in this run directory (created if absent)")
+    p.add_argument("--allow-new-data", action="store_true",
+                   help="resume although the datasets were rebuilt since the checkpoint (another build id); "
+                        "recorded in training_details.txt")  # fmt: skip
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -44,11 +58,10 @@ def register(sub) -> None:
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """What the user gave: ``--config`` YAML < ``--set`` < per-field flags (nested dict)."""
     out: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    out = deep_merge(out, parse_set_items(getattr(args, "set", []) or []))
-    for k, v in vars(args).items():
-        if k.startswith("cfg__") and v is not None:
-            out[k[5:]] = v
-    return out
+    sets, flags = parse_set_items(getattr(args, "set", []) or []), flag_values(args)
+    check_overridden(TrainConfig, [(str(getattr(args, "config", None)), out), ("--set", sets),
+                                   ("the command-line flags", flags)])  # fmt: skip
+    return deep_merge(deep_merge(out, sets), flags)
 
 
 def _validate(data: dict[str, Any], source: str) -> TrainConfig:
@@ -91,8 +104,9 @@ def _uses_demo_data(cfg: TrainConfig) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import locks
     from . import runs
-    from .loop import StopFlag, TrainData, train
+    from .loop import TrainData
 
     cfg, run_dir, saved = resolve(args)
     if args.print_config:
@@ -105,7 +119,21 @@ def run(args: argparse.Namespace) -> int:
         make_datasets(cfg.data.parent)
     # Check the inputs before creating anything: a bad --data leaves no empty run directory behind.
     TrainData.check_inputs(cfg)
+    if run_dir is not None:  # a directory the user named: never someone else's, never holding the data
+        data = [cfg.dataset_path(r, s) for r in ("main", "cr") for s in ("train", "val", "test")]
+        outputs.check_output(run_dir, "run", data)
     run_dir = runs.claim(cfg.output_dir / cfg.model_name, run_dir)
+    # Before anything is written (and before Keras is imported): a second trainer stops here, exit 16.
+    with locks.hold(run_dir, "run directory"):
+        return _run_locked(args, cfg, run_dir, saved)
+
+
+def _run_locked(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> int:
+    from . import runs
+    from .loop import StopFlag, train
+
+    for d in (run_dir, run_dir / "epochs", run_dir / "plots"):  # temporaries of a killed or crashed run
+        schema.remove_stale_tmp(d)
     text = cfg.to_yaml()
     env = runs.environment()
     if saved is None:
@@ -120,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         )
     log.info("run directory %s", run_dir)
     with StopFlag() as stop:
-        result = train(cfg, run_dir, stop=stop)
+        result = train(cfg, run_dir, stop=stop, allow_new_data=args.allow_new_data)
     if result.status == "checkpointed":
         runs.append_details(run_dir, "checkpointed", {"epochs done": result.epochs_done})
         return cfg.checkpoint_exit_code

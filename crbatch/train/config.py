@@ -136,7 +136,7 @@ class TrainConfig(StageConfig):
             raise ValueError(f"hidden_layer_fraction {self.hidden_layer_fraction} leaves a Dense layer with no unit")
         if not (self.include_low_mass or self.include_high_mass):
             raise ValueError("include_low_mass and include_high_mass are both off: no signal would be left")
-        if self.checkpoint_exit_code in (1, 2, 3, 10, 11, 12, 13, 20, 21):
+        if self.checkpoint_exit_code in {int(c) for c in ExitCode if c != ExitCode.CHECKPOINTED}:
             raise ValueError(f"checkpoint_exit_code {self.checkpoint_exit_code} is taken by another exit code")
         for f in (self.main_training_file, self.cr_training_file):
             if f is not None and "_train" not in f.name:

@@ -35,7 +35,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import schema
-from ..errors import ConfigError, InputEmpty, InputMissing, InputSchema
+from .. import schema, signals
+from ..errors import ConfigError, InputEmpty, InputMissing, InputSchema, TrainingDiverged
 from ..progress import Progress
 from . import checkpoint, runs
 from .config import MASS_SCALE, TrainConfig
@@ -196,6 +195,10 @@ class TrainData:
     def close(self) -> None:
         self.reader.close()
 
+    def builds(self) -> dict[str, str]:
+        """``main_train``, ``cr_val``, ...: the build id of each dataset the run reads."""
+        return {f"{r}_{s}": str(a.get(schema.A_BUILD_ID, "")) for (r, s), a in self.attrs.items()}
+
     @property
     def parametrization(self) -> dict[str, Any]:
         return {
@@ -320,15 +323,19 @@ class TrainData:
 
 
 def check_dataset(path: Path) -> dict[str, Any]:
-    """A complete crbatch training dataset, or exit 10 (missing) / 11 (unreadable) / 12 (other schema)."""
+    """A complete crbatch training dataset, or exit 10 (missing) / 11 (unreadable) / 12 (other schema,
+    or files of two builds in its directory) / 13 (no jets)."""
     if not path.exists():
         hint = "give --data DIR (the output directory of `crbatch build`), or leave --data out to train on the demo datasets"
         raise InputMissing(f"{path}: training dataset not found; {hint}")
+    from ..build.consistency import check_same_build
+
     attrs = schema.check_input(path)
     if attrs.get(schema.A_KIND) != "dataset":
         raise InputSchema(f"{path}: is a {attrs.get(schema.A_KIND)!r} file; training reads `crbatch build` datasets")
     if not attrs.get(schema.A_N_JETS):
         raise InputEmpty(f"{path}: no jets")
+    check_same_build(path)
     return attrs
 
 
@@ -340,30 +347,29 @@ class _Interrupted(Exception):
 
 
 class StopFlag:
-    """SIGTERM (and SIGINT) set a flag that the loop checks between steps; a second SIGINT stops at once."""
+    """SIGTERM and SIGINT set a flag that the loop checks between steps (:func:`crbatch.signals.deferred`);
+    a second signal stops at once (exit 21). A signal that arrived before (during start-up, its
+    exception lost in a gc callback) counts as well."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
+        self._ctx: contextlib.AbstractContextManager | None = None
 
     def __call__(self) -> bool:
-        return self.requested
+        return self._ctx is not None and signals.requested()
 
-    def _handler(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("%s received: checkpointing after the current step", signal.Signals(signum).name)
+    @property
+    def requested(self) -> bool:
+        return self()
 
     def __enter__(self) -> StopFlag:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers (tests)
-                self._old[s] = signal.signal(s, self._handler)
+        self._ctx = signals.deferred()
+        self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            ctx.__exit__(*exc)
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -391,7 +397,7 @@ def write_history(run_dir: Path, history: dict[str, list[float]]) -> None:
 
 def save_classifier(model, path: Path) -> None:
     """``model.save`` atomically (Keras insists on the ``.keras`` suffix, so via a temporary folder)."""
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = schema.tmp_path_for(path)  # a directory: removed by the next start if this process dies
     tmp.mkdir(parents=True)
     try:
         model.save(tmp / path.name)
@@ -424,11 +430,19 @@ def default_hook() -> EpochHook:
 
 
 def train(
-    cfg: TrainConfig, run_dir: Path, *, hook: EpochHook | None = None, stop: StopFlag | None = None
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    hook: EpochHook | None = None,
+    stop: StopFlag | None = None,
+    allow_new_data: bool = False,
 ) -> TrainResult:
     """Train (or continue) the run in ``run_dir`` up to ``cfg.epochs`` epochs in total.
 
-    Returns when done, or after writing a checkpoint when ``stop`` was set (SIGTERM).
+    Returns when done, or after writing a checkpoint when ``stop`` was set (SIGTERM). A resume on
+    datasets of another build than the checkpoint's is refused (exit 3) unless ``allow_new_data``;
+    a non-finite loss or state raises :class:`~crbatch.errors.TrainingDiverged` (exit 15) before
+    anything of the epoch is written.
     """
     from . import adversarial as adv
 
@@ -439,7 +453,7 @@ def train(
         adv.enable_determinism()
     data = TrainData(cfg)
     try:
-        return _Session(cfg, run_dir, data, hook or default_hook(), stop or StopFlag()).run()
+        return _Session(cfg, run_dir, data, hook or default_hook(), stop or StopFlag(), allow_new_data).run()
     finally:
         data.close()
 
@@ -451,13 +465,15 @@ class _Session:
     (steps left in the epoch) or "eval" (all steps done, its validation and files not yet).
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, data: TrainData, hook: EpochHook, stop: StopFlag):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: TrainData, hook: EpochHook, stop: StopFlag,
+                 allow_new_data: bool = False):  # fmt: skip
         import keras
 
         from .adversarial import AdversarialTrainer
         from .model import build_adversary, build_classifier
 
         self.cfg, self.run_dir, self.data, self.hook, self.stop = cfg, run_dir, data, hook, stop
+        self.allow_new_data = allow_new_data
         self.backend = keras.backend.backend()
         self.classifier, self.adversary = build_classifier(cfg), build_adversary()
         self.trainer = AdversarialTrainer(self.classifier, self.adversary, cfg)
@@ -472,8 +488,9 @@ class _Session:
     def run(self) -> TrainResult:
         from .model import count_params
 
-        if self.ckpt.exists():
-            self.restore()
+        loaded = checkpoint.load_latest(self.run_dir)
+        if loaded is not None:
+            self.restore(*loaded)
         else:
             runs.write_text(self.run_dir / "model_summary.txt", model_summary(self.classifier, self.adversary))
             if self.cfg.n_mass_features:
@@ -540,8 +557,12 @@ class _Session:
         cfg, trainer, st = self.cfg, self.trainer, self.st
         t1 = time.perf_counter()
         train_m = epoch_metrics(keras.ops.convert_to_numpy(st["acc"]), cfg.adversary_weight)
+        bad = checkpoint.non_finite(checkpoint.to_host(st))  # the loss sums (acc) and every weight
+        if bad:
+            raise self._diverged("training", bad, train_m)
         trainer.push(st)
-        save_classifier(self.classifier, self.run_dir / "epochs" / f"{self.epoch:03d}.keras")
+        model_file = self.run_dir / "epochs" / f"{self.epoch:03d}.keras"
+        save_classifier(self.classifier, model_file)
         try:
             val_m = self.hook(
                 lambda x: trainer.predict(st, x), lambda p: trainer.predict_adversary(st, p),
@@ -552,8 +573,15 @@ class _Session:
         except _Interrupted:
             return False
         except BaseException:
-            self.save()  # the epoch's training is kept even if its validation fails
+            try:
+                self.save()  # the epoch's training is kept even if its validation fails
+            except Exception as e:  # e.g. the same full disk: the first error is the one to report
+                log.warning("could not write the checkpoint after the validation failed: %s", e)
             raise
+        bad = [k for k, v in dict(val_m).items() if "loss" in k and not math.isfinite(float(v))]
+        if bad:
+            model_file.unlink(missing_ok=True)
+            raise self._diverged("validation", bad, dict(val_m))
         t_eval = time.perf_counter() - t1
         release_memory()  # the validation's buffers: keep the RSS flat from epoch to epoch
         steady = self.times["train"] - self.times.get("compile", 0.0)
@@ -582,8 +610,18 @@ class _Session:
                 "reader": self.data.reader_state(self.epoch, self.step), "history": self.history,
                 "times": self.times, "backend": self.backend, "config": self.cfg.model_dump(mode="json"),
                 "acc_names": list(ACC_NAMES), "steps_per_epoch": self.data.steps,
-                "classifier_variables": [v.path for v in self.classifier.variables]}  # fmt: skip
+                "classifier_variables": [v.path for v in self.classifier.variables],
+                "data_builds": self.data.builds()}  # fmt: skip
         checkpoint.write(self.ckpt, self.st, meta)
+
+    def _diverged(self, where: str, bad: list[str], metrics: Mapping[str, Any]) -> TrainingDiverged:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "loss" in k)
+        return TrainingDiverged(
+            f"epoch {self.epoch}: training diverged: non-finite {where} values ({', '.join(bad[:3])}"
+            f"{', …' if len(bad) > 3 else ''}; {losses}); nothing of epoch {self.epoch} was written and "
+            f"{checkpoint.NAME} keeps the last good state — lower the learning rate (lr_values, now "
+            f"{self.cfg.lr_values:g}) or check the inputs, then resume"
+        )
 
     def checkpointed(self) -> TrainResult:
         self.save()
@@ -591,21 +629,40 @@ class _Session:
                     self.phase)  # fmt: skip
         return TrainResult("checkpointed", self.epoch, self.run_dir)
 
-    def restore(self) -> None:
+    def restore(self, values: dict[str, np.ndarray], meta: dict[str, Any], keys: np.ndarray, path: Path) -> None:
         import keras
 
-        values, meta, keys = checkpoint.read(self.ckpt)
+        self.check_data(meta.get("data_builds"), path)
         if meta.get("backend") != self.backend:
             log.warning("checkpoint written by the %s backend, resuming on %s: continues, but not bit-identically",
                         meta.get("backend"), self.backend)  # fmt: skip
-        host = checkpoint.restore_state(values, checkpoint.to_host(self.st), self.ckpt)
+        host = checkpoint.restore_state(values, checkpoint.to_host(self.st), path)
         self.st = keras.tree.map_structure(keras.ops.convert_to_tensor, host)
         checkpoint.set_rng_state(meta["rng"], keys)
         self.data.check_reader_state(meta["reader"])
         self.epoch, self.step, self.phase, self.history = meta["epoch"], meta["step"], meta["phase"], meta["history"]
         self.times = meta.get("times", self.times)
+        if path.name != checkpoint.NAME:  # the previous checkpoint: the history files follow it back
+            write_history(self.run_dir, self.history)
         log.info("resuming %s at epoch %d, step %d/%d (%s)", self.run_dir, self.epoch, self.step, self.data.steps,
                  self.phase)  # fmt: skip
+
+    def check_data(self, saved: Mapping[str, str] | None, path: Path) -> None:
+        """The datasets must be those of the checkpoint's build (exit 3), unless ``allow_new_data``."""
+        if saved is None:  # a checkpoint of an older crbatch: it did not record them
+            return
+        now = self.data.builds()
+        changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if not changed:
+            return
+        what = ", ".join(f"{k}.h5: build {a or '?'} → {b or '?'}" for k, (a, b) in changed.items())
+        if not self.allow_new_data:
+            raise ConfigError(
+                f"cannot resume {self.run_dir}: its datasets were rebuilt since {path.name} was written ({what}); "
+                "start a new run, or give --allow-new-data to continue this one on the new data"
+            )
+        log.warning("resuming on rebuilt datasets (--allow-new-data): %s", what)
+        runs.append_details(self.run_dir, "new data", {"allowed by": "--allow-new-data", "datasets": what})
 
 
 def _number(v: Any) -> float | int:

@@ -10,7 +10,9 @@ Contents of a run directory::
 
     config.yaml            resolved config of the run (rewritten when a resume changes a compatible field)
     training_details.txt   one block per start/resume: time, host, versions, backend, data, config changes
-    checkpoint.h5          everything needed to continue exactly (crbatch.train.checkpoint), atomic
+    checkpoint.h5          everything needed to continue exactly (crbatch.train.checkpoint), atomic, checksummed
+    checkpoint.prev.h5     the checkpoint before it (the fallback); checkpoint.damaged.h5: one that failed its checksums
+    .crbatch.lock          while a trainer works in the run: its host, pid, start (crbatch.locks; exit 16 for a second)
     history.json           per-epoch metrics, reference key names plus new ones (dict of equal-length lists)
     history.csv            the same, one row per epoch
     epochs/NNN.keras       the classifier after epoch NNN (0-based), loadable with compile=False
