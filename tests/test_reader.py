@@ -328,7 +328,9 @@ def _grouped_copy(src: Path, dst: Path) -> Path:
         for name in ("jets", *schema.TABLES):
             o.create_dataset(name, data=f[name][:][order], chunks=f[name].chunks, **schema.compression())
         for k, v in f.attrs.items():
-            o.attrs[k] = v
+            if k not in (schema.A_CHECKSUM, schema.A_COMPLETE):
+                o.attrs[k] = v
+        schema.mark_complete(o)  # a new file: its own checksums
     return dst
 
 
