@@ -57,12 +57,17 @@ def _add_label_noise(path: Path, fraction: float) -> None:
     import h5py
     import hdf5plugin  # noqa: F401
 
+    from crbatch import schema
+
     with h5py.File(path, "r+") as f:
         j = f["jets"][:]
         rng = np.random.default_rng(11)
         hit = rng.random(len(j)) < fraction
         j["label"][hit] = rng.permutation(j["label"])[hit]
         f["jets"][:] = j
+        for k in (schema.A_CHECKSUM, schema.A_COMPLETE):
+            del f.attrs[k]
+        schema.mark_complete(f)  # changed on purpose: sealed again
 
 
 def grouped_copy(data: Path, out: Path) -> Path:
@@ -85,7 +90,9 @@ def grouped_copy(data: Path, out: Path) -> Path:
             for name in ("jets", *schema.TABLES):
                 o.create_dataset(name, data=f[name][:][order], chunks=f[name].chunks, **schema.compression())
             for k, v in f.attrs.items():
-                o.attrs[k] = v
+                if k not in (schema.A_CHECKSUM, schema.A_COMPLETE):
+                    o.attrs[k] = v
+            schema.mark_complete(o)  # a new file: its own checksums
     return out
 
 
