@@ -83,17 +83,24 @@ def _n_jets(p: Path) -> int:
     return int(schema.check_complete(p)[schema.A_N_JETS])
 
 
-def child_read(out: Path, batch_size: int, prefetch: int, with_cr: bool) -> dict:
+def child_read(out: Path, batch_size: int, prefetch: int, with_cr: bool, window: int) -> dict:
     from crbatch.build.reader import DatasetReader
 
     cr = out / "cr_train.h5" if with_cr else None
-    with DatasetReader(out / "main_train.h5", cr, batch_size=batch_size, prefetch=prefetch, seed=1) as r:
+    with DatasetReader(out / "main_train.h5", cr, batch_size=batch_size, prefetch=prefetch, seed=1,
+                       shuffle_window=window) as r:  # fmt: skip
         t0 = time.perf_counter()
         n = 0
         for b in r:
             n += len(b["label"])
         dt = time.perf_counter() - t0
     return {"seconds": dt, "jets": n}
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median speed."""
+    rs = sorted(runs, key=lambda r: r["jets"] / r["seconds"])
+    return rs[len(rs) // 2]
 
 
 def run_child(*args: str) -> dict:
@@ -109,7 +116,7 @@ def _child_main(argv: list[str]) -> None:
     if what == "build":
         res = child_build(Path(argv[1]), Path(argv[2]), argv[3:])
     else:
-        res = child_read(Path(argv[1]), int(argv[2]), int(argv[3]), argv[4] == "1")
+        res = child_read(Path(argv[1]), int(argv[2]), int(argv[3]), argv[4] == "1", int(argv[5]))
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     res["max_rss_mb"] = max(me.ru_maxrss, kids.ru_maxrss) / 1024  # workers (if any) counted separately
     res["cpu_s"] = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
@@ -127,6 +134,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--prefetch", type=int, default=1)
+    ap.add_argument("--shuffle-window", type=int, default=4096, help="the mixing reader's window (compared with 0)")
+    ap.add_argument("--repeat", type=int, default=3, help="reader runs per setting, interleaved (median)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes making shards")
     ap.add_argument("--build-args", default="", help="extra `crbatch build` options, e.g. '--no-compress'")
     ap.add_argument("--keep", action="store_true", help="keep the datasets (shards are always kept)")
@@ -141,8 +150,17 @@ def main() -> None:
         n_files, gen_s = make_shards(shards, total, args.shards, args.workers)
         out = args.workdir / f"datasets_{total}"
         b = run_child("build", str(shards), str(out), *args.build_args.split())
-        rd = run_child("read", str(out), str(args.batch_size), str(args.prefetch), "1")
-        rm = run_child("read", str(out), str(args.batch_size), str(args.prefetch), "0")
+        # Mixing reader (default window) and contiguous slices (window 0), interleaved, medians.
+        reads: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.repeat):
+            for w in (args.shuffle_window, 0):
+                for cr in ("1", "0"):
+                    reads.setdefault((cr, w), []).append(
+                        run_child("read", str(out), str(args.batch_size), str(args.prefetch), cr, str(w))
+                    )
+
+        rd, rm = _median(reads[("1", args.shuffle_window)]), _median(reads[("0", args.shuffle_window)])
+        rd0, rm0 = _median(reads[("1", 0)]), _median(reads[("0", 0)])
         disk = sum(p.stat().st_size for p in shards.glob("*.h5")) / 2**30
         out_disk = sum(p.stat().st_size for p in out.glob("*.h5")) / 2**30
         rows.append({
@@ -150,6 +168,8 @@ def main() -> None:
             "build_s": b["seconds"], "build_jps": b["jets_in"] / b["seconds"], "build_rss": b["max_rss_mb"],
             "read_jets": rd["jets"], "read_jps": rd["jets"] / rd["seconds"], "read_rss": rd["max_rss_mb"],
             "read_main_jps": rm["jets"] / rm["seconds"], "read_main_rss": rm["max_rss_mb"], "gen_s": gen_s,
+            "read0_jps": rd0["jets"] / rd0["seconds"], "read0_cpu_jps": rd0["jets"] / rd0["cpu_s"],
+            "read0_rss": rd0["max_rss_mb"], "read0_main_jps": rm0["jets"] / rm0["seconds"],
             "build_cpu_jps": b["jets_in"] / b["cpu_s"], "read_cpu_jps": rd["jets"] / rd["cpu_s"],
             "load": max(b["load"], rd["load"]),
         })  # fmt: skip
@@ -167,6 +187,14 @@ def main() -> None:
         print(f"| {r['jets']:,} | {r['shards']} | {r['shards_gb']:.2f} | {r['datasets_gb']:.2f} | {r['build_s']:.1f} "
               f"| {r['build_jps']:,.0f} | {r['build_cpu_jps']:,.0f} | {r['build_rss']:.0f} | {r['read_jps']:,.0f} "
               f"| {r['read_cpu_jps']:,.0f} | {r['read_rss']:.0f} | {r['read_main_jps']:,.0f} | {r['load']:.1f} |")  # fmt: skip
+    print(f"\nReader, mixing (window {args.shuffle_window}) vs contiguous slices (window 0), interleaved medians:\n")
+    print("| jets | main+CR jets/s mixing | contiguous | ratio | jets/CPU-s mixing | contiguous | peak RSS MB mixing "
+          "| contiguous | main only jets/s mixing | contiguous |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['jets']:,} | {r['read_jps']:,.0f} | {r['read0_jps']:,.0f} | {r['read_jps'] / r['read0_jps']:.2f} "
+              f"| {r['read_cpu_jps']:,.0f} | {r['read0_cpu_jps']:,.0f} | {r['read_rss']:.0f} | {r['read0_rss']:.0f} "
+              f"| {r['read_main_jps']:,.0f} | {r['read0_main_jps']:,.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

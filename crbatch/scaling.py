@@ -110,16 +110,28 @@ class ScalingConfig(BaseModel):
 
     @classmethod
     def from_constants(cls, c: Mapping[str, Any]) -> ScalingConfig:
-        """Inverse of :meth:`constants` (e.g. from a dataset's ``scaling`` attribute)."""
-        if c.get("name") not in (SCALING_VERSION, REFERENCE_NAME):
+        """Inverse of :meth:`constants` (e.g. from a dataset's ``scaling`` attribute). The legacy
+        reference scaling (:func:`legacy_constants`) gives the reference's pre_process, which is how
+        raw inputs must be scaled for a network trained on such files."""
+        if c.get("name") not in (SCALING_VERSION, REFERENCE_NAME, LEGACY_NAME):
             raise ValueError(f"unknown scaling {c.get('name')!r}")
         return cls(
             jet_pt=tuple(c["jet_pt"]),
             cluster_pt=tuple(c["cluster_pt"]),
             track_pt=tuple(c["track_pt"]),
             track_z0_scale=c["track_z0_scale"],
-            reference_exact=bool(c["reference_exact"]),
+            reference_exact=bool(c["reference_exact"]) or c.get("name") == LEGACY_NAME,
         )
+
+
+def legacy_constants() -> dict[str, Any]:
+    """Constants of files the reference scaled itself (legacy pickles): its ``pre_process`` with its
+    default jet window 0–500 GeV, the only window its test files fit (jet_pt ≥ 0.08 = 40 GeV / 500).
+    The reference recorded none, so they are assumed; the name says so."""
+    c = ScalingConfig(reference_exact=True).constants()
+    c["name"] = LEGACY_NAME
+    c["assumed"] = "scaled by the reference's own build; its constants are not recorded: its defaults assumed"
+    return c
 
 
 def float_view(table: np.ndarray) -> np.ndarray:

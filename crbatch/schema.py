@@ -131,6 +131,7 @@ A_DATA_TYPE = "data_type"
 A_N_JETS = "n_jets"
 A_SCALED = "scaled"  # False for raw shards; the scaling name otherwise
 A_CONFIG = "config"  # JSON of the resolved config that produced the file
+A_LABEL_DECISION = "label_decision"  # JSON: how a converter chose the labels/masses (checks, overrides)
 
 JETS_CHUNK = 1024  # rows per HDF5 chunk of the jets table
 OBJECTS_CHUNK = 128  # jets per HDF5 chunk of the object tables (~200 kB)

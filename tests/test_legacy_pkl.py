@@ -77,23 +77,43 @@ def assert_no_nan(tables: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------- real reference pickles
 
 
+SIG_MASSES = ("--mH", "125", "--mS", "5")  # the pickle's own columns; its file name says 600/275
+ONE_MASSES = ("--mH", "125", "--mS", "55")  # one_length_file.pkl: a signal jet with masses 0/0
+
+
+def test_signal_pickle_name_contradicts_masses(sig_pickle, tmp_path, capsys):
+    # The file name (the reference's sig_<DSID>_<mH>_<mS>) says 600/275, the mass columns 125/5:
+    # nothing is written until the user says which is right.
+    src, _ = sig_pickle
+    assert convert(src, out=tmp_path) == ExitCode.INPUT_SCHEMA
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "ERROR" in x)
+    assert "mH=600, mS=275" in line and "125/5" in line and "--mH M --mS M" in line and len(line) < 300
+    assert not (tmp_path / "sig_311424_600_275.h5").exists()
+    attrs, tables = converted(src, tmp_path, "--mH", "600", "--mS", "275")
+    assert (tables["jets"]["llp_mH"] == 600).all() and (tables["jets"]["llp_mS"] == 275).all()
+    assert attrs[schema.A_LABEL_DECISION]["masses"] == "--mH 600 --mS 275"
+    assert attrs[schema.A_LABEL_DECISION]["file_name"] == {"type": "sig", "dsid": 311424, "mH": 600.0, "mS": 275.0}
+
+
 def test_signal_pickle_old_names(sig_pickle, tmp_path):
     src, df = sig_pickle
-    attrs, tables = converted(src, tmp_path)
+    attrs, tables = converted(src, tmp_path, *SIG_MASSES)
     jets = tables["jets"]
     assert attrs[schema.A_N_JETS] == len(jets) == 76
     assert attrs[schema.A_STATUS] == "ok"
     assert attrs[schema.A_DATA_TYPE] == "sig"
     assert attrs[schema.A_SCALED] is False
     assert (jets["label"] == schema.Label.SIGNAL).all()
-    # The file name says 600/275, the pickle holds 125/5: the shard follows the pickle.
     (mh,), (ms,) = df["mH"].unique(), df["mS"].unique()
     assert (attrs["llp_mH"], attrs["llp_mS"]) == (mh, ms) == (125.0, 5.0)
     assert (jets["llp_mH"] == mh).all() and (jets["llp_mS"] == ms).all()
     assert attrs["legacy_renames"] == {"mH": "llp_mH", "mS": "llp_mS"}
     assert attrs["legacy_counts_are_truncated"] is True
     assert attrs["legacy_missing_features"] == []
-    assert attrs["dsid"] == -1
+    assert attrs["dsid"] == 311424  # from the file name
+    assert attrs[schema.A_LABEL_DECISION]["labels"] == "label column"
+    assert attrs[schema.A_LABEL_DECISION]["contradictions"]["signal_without_truth"] == 0
     assert attrs["source_path"] == str(src.resolve())
     assert attrs[schema.A_CONFIG]["model"] == "ConvertLegacyConfig"
     assert (jets["jet_index"] == -1).all() and (jets["match_dR"] == -1).all()
@@ -107,7 +127,7 @@ def test_signal_pickle_old_names(sig_pickle, tmp_path):
 @pytest.mark.parametrize("row", [0, 17, 75])
 def test_signal_values_match_pickle(sig_pickle, tmp_path, row):
     src, df = sig_pickle
-    _, tables = converted(src, tmp_path)
+    _, tables = converted(src, tmp_path, *SIG_MASSES)
     jet = tables["jets"][row]
     r = df.iloc[row]
     assert int(jet["eventNumber"]) == int(r["eventNumber"])
@@ -178,7 +198,10 @@ def test_felix_control_region(tmp_path):
 
 
 def test_one_length_file(tmp_path):
-    attrs, tables = converted(reference_pickle("one_length_file.pkl"), tmp_path)
+    src = reference_pickle("one_length_file.pkl")
+    assert convert(src, out=tmp_path) == ExitCode.INPUT_SCHEMA  # signal with masses 0/0: unknown
+    attrs, tables = converted(src, tmp_path, *ONE_MASSES)
+    assert tables["jets"]["llp_mH"][0] == 125 and attrs["label_counts"] == {"SIGNAL": 1}
     assert attrs[schema.A_N_JETS] == len(tables["jets"]) == 1
     assert tables["jets"]["eventNumber"][0] == 200655  # int64 in the pickle
     assert len(attrs["legacy_columns_dropped"]) == 6  # the old jet_nn_* scores
@@ -187,7 +210,9 @@ def test_one_length_file(tmp_path):
 def test_all_reference_pickles_in_one_run(tmp_path):
     srcs = [reference_pickle(n) for n in ("sig_311424_600_275.pkl", "bib.pkl", "felix_control_region.pkl",
                                           "one_length_file.pkl")]  # fmt: skip
-    assert convert(*srcs, out=tmp_path) == 0
+    assert convert(*srcs, out=tmp_path) == ExitCode.INPUT_SCHEMA  # two need their masses given
+    assert convert(*srcs[:2], *SIG_MASSES, out=tmp_path) == 0
+    assert convert(*srcs[2:], *ONE_MASSES, out=tmp_path) == 0  # --mH/--mS act on the signal jets only
     for src in srcs:
         schema.check_complete(tmp_path / (src.stem + schema.SHARD_SUFFIX), "shard")
 
@@ -195,20 +220,20 @@ def test_all_reference_pickles_in_one_run(tmp_path):
 def test_rerun_skips(tmp_path, capsys):
     src = reference_pickle("one_length_file.pkl")
     out = tmp_path / "one_length_file.h5"
-    assert convert(src, out=tmp_path) == 0
+    assert convert(src, *ONE_MASSES, out=tmp_path) == 0
     before = out.stat().st_mtime_ns
     capsys.readouterr()
-    assert convert(src, out=tmp_path) == 0
+    assert convert(src, *ONE_MASSES, out=tmp_path) == 0
     assert out.stat().st_mtime_ns == before
     assert "skip" in capsys.readouterr().err
     inode = out.stat().st_ino
-    assert convert(src, "--force", out=tmp_path) == 0
+    assert convert(src, "--force", *ONE_MASSES, out=tmp_path) == 0
     assert out.stat().st_ino != inode  # replaced by a new file (atomic rename)
     schema.check_complete(out, "shard")
 
 
 def test_scaled_override(tmp_path):
-    attrs, _ = converted(reference_pickle("one_length_file.pkl"), tmp_path, "--scaled")
+    attrs, _ = converted(reference_pickle("one_length_file.pkl"), tmp_path, "--scaled", *ONE_MASSES)
     assert attrs[schema.A_SCALED] == "legacy-reference"
     attrs, _ = converted(reference_pickle("bib.pkl"), tmp_path, "--no-scaled")
     assert attrs[schema.A_SCALED] is False
@@ -223,7 +248,7 @@ def test_corrupt_pickle_fails_others_converted(tmp_path, capsys):
     bad.parent.mkdir()
     bad.write_bytes(np.random.default_rng(7).bytes(2048))
     out = tmp_path / "out"
-    assert convert(bad, good, out=out) == ExitCode.INPUT_CORRUPT
+    assert convert(bad, good, *ONE_MASSES, out=out) == ExitCode.INPUT_CORRUPT
     err = capsys.readouterr().err
     assert "x.pkl" in err
     assert not (out / "x.h5").exists()
@@ -300,8 +325,9 @@ def frame(
         "jet_eta": rng.uniform(-2, 2, n),
         "jet_phi": rng.uniform(-3, 3, n),
     }
-    if masses is not None:
-        cols["llp_mH"], cols["llp_mS"] = np.full(n, masses[0]), np.full(n, masses[1])
+    if masses is not None:  # signal jets carry the masses, backgrounds 0 (as the reference wrote them)
+        sig = cols["label"] == 1
+        cols["llp_mH"], cols["llp_mS"] = np.where(sig, masses[0], 0.0), np.where(sig, masses[1], 0.0)
     for prefix, feats in FEATURES.items():
         for i in range(SLOTS[prefix]):
             for f in feats:
@@ -394,16 +420,14 @@ def test_control_region_labels_and_weights(tmp_path):
 
 
 def test_missing_feature_is_zero_and_listed(tmp_path):
-    df = frame(3).drop(columns=[f"track_vertex_nParticles_{i}" for i in range(schema.N_TRACKS)])
-    df["label"] = [0, 1, 2]
-    df["llp_mH"] = [0.0, 125.0, 0.0]
+    df = frame(3, labels=[0, 1, 2]).drop(columns=[f"track_vertex_nParticles_{i}" for i in range(schema.N_TRACKS)])
     src = tmp_path / "main.pkl"
     df.to_pickle(src)
     attrs, tables = converted(src, tmp_path / "out")
     assert "track_vertex_nParticles" in attrs["legacy_missing_features"]
     assert (tables["tracks"]["vertex_nParticles"] == 0).all()
     assert attrs[schema.A_DATA_TYPE] == "mixed"
-    assert attrs["llp_mH"] == -1.0 and attrs["llp_mS"] == 55.0  # not constant → -1
+    assert attrs["llp_mH"] == -1.0 and attrs["llp_mS"] == -1.0  # not constant → -1
     assert tables["jets"]["label"].tolist() == [0, 1, 2]
     assert (tables["jets"]["isClean_LooseBadLLP"] == -1).all()  # no column: unknown
     assert tables["jets"]["eventNumber"][0] == 10_000_000_000
@@ -440,3 +464,67 @@ def test_source_size_recorded(tmp_path):
     frame(2).to_pickle(src)
     attrs, _ = converted(src, tmp_path / "out")
     assert attrs["source_size"] == os.path.getsize(src)
+
+
+# ---------------------------------------------------------------------------- labels against truth, masses, name
+
+
+def _old_signal_frame(n: int = 6):
+    """An older reference signal pickle: label 0 (QCD today), LLP truth and masses set."""
+    df = frame(n, labels=[0] * n, masses=None)
+    df["llp_mH"], df["llp_mS"] = 600.0, 150.0
+    df["llp_Lxy"], df["llp_Lz"], df["llp_pt"] = 2000.0, 100.0, 80.0
+    return df
+
+
+def test_old_signal_labelled_qcd_is_refused_then_relabelled(tmp_path, capsys):
+    src = tmp_path / "old_signal.pkl"
+    _old_signal_frame().to_pickle(src)
+    assert convert(src, out=tmp_path / "out") == ExitCode.INPUT_SCHEMA
+    line = next(x for x in capsys.readouterr().err.splitlines() if "ERROR" in x)
+    assert "6 of 6 jets labelled background (QCD) carry LLP truth" in line and "--type sig" in line
+    assert not list((tmp_path / "out").glob("*.h5"))
+    attrs, tables = converted(src, tmp_path / "out", "--type", "sig")
+    assert (tables["jets"]["label"] == schema.Label.SIGNAL).all() and attrs[schema.A_DATA_TYPE] == "sig"
+    assert (tables["jets"]["llp_mH"] == 600).all()  # the mass columns are kept
+    d = attrs[schema.A_LABEL_DECISION]
+    assert d["labels"] == "--type sig (label column overridden)" and d["masses"] == "mass columns"
+    assert attrs[schema.A_CONFIG]["values"]["type"] == "sig"
+
+
+def test_type_override_to_background_drops_masses(tmp_path):
+    src = tmp_path / "old_signal.pkl"
+    _old_signal_frame().to_pickle(src)
+    attrs, tables = converted(src, tmp_path / "out", "--type", "qcd")
+    assert (tables["jets"]["label"] == schema.Label.QCD).all()
+    assert (tables["jets"]["llp_mH"] == 0).all() and attrs["llp_mH"] == 0
+    assert attrs[schema.A_LABEL_DECISION]["contradictions"]["background_with_truth"] == 6  # found, overridden
+
+
+def test_signal_without_truth_is_refused(tmp_path, capsys):
+    df = frame(3, labels=[1, 1, 1])
+    df["llp_Lxy"], df["llp_Lz"], df["llp_pt"] = [2000.0, 0.0, 0.0], 0.0, [50.0, 0.0, 0.0]
+    src = tmp_path / "main.pkl"
+    df.to_pickle(src)
+    assert convert(src, out=tmp_path / "out") == ExitCode.INPUT_SCHEMA
+    assert "2 of 3 signal-labelled jets have no LLP truth" in capsys.readouterr().err
+
+
+def test_file_name_type_contradiction(tmp_path, capsys):
+    src = tmp_path / "bib_run309390.pkl"
+    frame(4, labels=[0], masses=None).to_pickle(src)  # no mass columns: read as a control-region file
+    assert convert(src, out=tmp_path / "out") == ExitCode.INPUT_SCHEMA
+    assert "the file name says BIB, its labels say QCD" in capsys.readouterr().err
+    attrs, tables = converted(src, tmp_path / "out", "--type", "bib")
+    assert (tables["jets"]["label"] == schema.Label.BIB).all()
+    assert attrs[schema.A_LABEL_DECISION]["file_name"] == {"type": "bib"}
+
+
+def test_mass_flags_need_both_and_signal(tmp_path, capsys):
+    src = tmp_path / "s.pkl"
+    frame(2).to_pickle(src)
+    assert convert(src, "--mH", "125", out=tmp_path / "out") == ExitCode.CONFIG
+    assert "give both --mH and --mS" in capsys.readouterr().err
+    assert convert(src, "--type", "bib", "--mH", "1", "--mS", "1", out=tmp_path / "out") == ExitCode.CONFIG
+    attrs, tables = converted(src, tmp_path / "out", "--mH", "400", "--mS", "100")
+    assert (tables["jets"]["llp_mH"] == 400).all() and attrs["llp_mS"] == 100

@@ -128,9 +128,9 @@ def test_prefetch_gives_identical_batches(ds):
 
 
 def test_prefetch_error_reaches_consumer(ds, monkeypatch):
-    r = DatasetReader(ds / "main_train.h5", batch_size=128, prefetch=2)
+    r = DatasetReader(ds / "main_train.h5", batch_size=128, prefetch=2, shuffle_window=256)  # many windows
     calls = {"n": 0}
-    orig = r._read
+    orig = r._prepare
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -138,7 +138,7 @@ def test_prefetch_error_reaches_consumer(ds, monkeypatch):
             raise OSError("disk went away")
         return orig(*a, **k)
 
-    monkeypatch.setattr(r, "_read", flaky)
+    monkeypatch.setattr(r, "_prepare", flaky)
     with pytest.raises(OSError, match="disk went away"):
         epoch(r)
     r.close()
@@ -260,9 +260,13 @@ def test_memory_bounded(tmp_path):
         jets = sum(len(b["label"]) for b in r)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
+        # What the reader keeps between batches: the shuffle windows (main and CR), fixed in size.
+        held = sum(v.nbytes for mix in (r._mix, r._cr_mix) if mix is not None for v in (mix._tables or {}).values())
     assert jets == n and n * padded > 60 * batch_bytes
-    print(f"peak {peak / 2**20:.1f} MB, batch {batch_bytes / 2**20:.2f} MB, dataset {n * padded / 2**20:.0f} MB")
-    assert peak < 8 * batch_bytes, (peak, batch_bytes)
+    print(f"peak {peak / 2**20:.1f} MB, windows {held / 2**20:.1f} MB, batch {batch_bytes / 2**20:.2f} MB, "
+          f"dataset {n * padded / 2**20:.0f} MB")  # fmt: skip
+    assert peak < 8 * batch_bytes, (peak, batch_bytes)  # per epoch, after the first: no new window memory
+    assert 0 < held <= 2 * reader_mod.DEFAULT_WINDOW * padded, held
 
 
 def test_reader_module_input_order_matches_schema():
@@ -281,7 +285,8 @@ def test_reads_converted_legacy_pickles(tmp_path):
     pytest.importorskip("pandas")
     out = tmp_path / "legacy"
     files = [LEGACY / n for n in ("felix_control_region.pkl", "bib.pkl", "sig_311424_600_275.pkl")]
-    assert main(["-q", "convert", "legacy-pkl", *map(str, files), "--output-dir", str(out)]) == 0
+    masses = ["--mH", "125", "--mS", "5"]  # the signal pickle's columns (its file name says otherwise)
+    assert main(["-q", "convert", "legacy-pkl", *map(str, files), *masses, "--output-dir", str(out)]) == 0
     # The reference-scaled CR file as a control region, next to the (reference-scaled) BIB file.
     with DatasetReader(out / "bib.h5", out / "felix_control_region.h5", batch_size=64, seed=1) as r:
         assert r.scaling_constants is None
@@ -311,3 +316,83 @@ def test_abandoned_iteration_does_not_disturb_the_next(ds):
         next(it)  # abandoned without closing: its producer thread is stopped by the next iter()
         rest = [i for b in r for i in ids_of(b)]
         assert len(rest) == r.n_jets - 2 * 128
+
+
+# --- mixing: the file's order must not leak into the batches; the fixed subset (frac_list) ----------
+
+
+def _grouped_copy(src: Path, dst: Path) -> Path:
+    """The same jets and attributes as ``src``, rows sorted by label (a reference built file's order)."""
+    with h5py.File(src) as f, h5py.File(dst, "w") as o:
+        order = np.argsort(f["jets"]["label"], kind="stable")
+        for name in ("jets", *schema.TABLES):
+            o.create_dataset(name, data=f[name][:][order], chunks=f[name].chunks, **schema.compression())
+        for k, v in f.attrs.items():
+            if k not in (schema.A_CHECKSUM, schema.A_COMPLETE):
+                o.attrs[k] = v
+        schema.mark_complete(o)  # a new file: its own checksums
+    return dst
+
+
+def _class_fractions(path: Path, **kw) -> np.ndarray:
+    with DatasetReader(path, batch_size=256, drop_last=True, seed=4, **kw) as r:
+        return np.array([np.bincount(b["label"], minlength=3)[:3] / 256 for b in r])
+
+
+def test_class_grouped_file_gives_mixed_batches(ds, tmp_path):
+    shuffled = ds / "main_train.h5"
+    grouped = _grouped_copy(shuffled, tmp_path / "grouped.h5")
+    with h5py.File(grouped) as f:
+        assert np.all(np.diff(f["jets"]["label"]) >= 0)  # really grouped
+    fs, fg = _class_fractions(shuffled), _class_fractions(grouped)
+    share = np.bincount(read(shuffled)["jets"]["label"], minlength=3)[:3] / len(read(shuffled)["jets"])
+    # Same class mix per batch on average, and every batch close to it (the old contiguous slices of the
+    # grouped file gave single-class batches: spread ≈ 0.5).
+    assert np.allclose(fg.mean(0), share, atol=0.02) and np.allclose(fs.mean(0), share, atol=0.02)
+    assert fg.std(0).max() < 0.12, fg.std(0)
+    assert (fg.min(0) > 0).all()  # no batch without a class
+    old = _class_fractions(grouped, shuffle_window=0)
+    assert old.std(0).max() > 0.35  # the bug this fixes: contiguous slices of a grouped file
+
+
+def test_mixing_is_exact_once_per_epoch_and_resumable_on_grouped_file(ds, tmp_path):
+    grouped = _grouped_copy(ds / "main_train.h5", tmp_path / "grouped.h5")
+    kw = dict(batch_size=100, seed=2, jet_fields=ID_FIELDS, shuffle_window=512)
+    with DatasetReader(grouped, **kw) as r:
+        batches = epoch(r)
+        assert Counter(i for b in batches for i in ids_of(b)) == file_ids(grouped)
+        it = iter(r)
+        first = [next(it) for _ in range(5)]
+        state = r.state()
+        rest = list(it)
+    with DatasetReader(grouped, **kw) as r2:
+        r2.restore(state)
+        again = list(r2)
+        r2.set_epoch(1)
+        assert all(np.array_equal(a["clusters"], b["clusters"]) for a, b in zip(first, list(r2)[:5], strict=True))
+    assert all(np.array_equal(a["clusters"], b["clusters"]) and np.array_equal(a["label"], b["label"])
+               for a, b in zip(rest, again, strict=True))  # fmt: skip
+
+
+def test_fixed_subset_same_jets_every_epoch(ds):
+    path = ds / "main_train.h5"
+    with DatasetReader(path, batch_size=64, seed=3, subset=1000, jet_fields=ID_FIELDS, drop_last=True) as r:
+        assert r.jets_per_epoch == 1000 and len(r) == 1000 // 64
+        epochs = [[i for b in epoch(r) for i in ids_of(b)] for _ in range(5)]
+        state = r.state()
+    seen = [set(e) for e in epochs]
+    union = set().union(*seen)
+    # Each epoch draws its batches from the same 1000 jets (drop_last leaves out 40 of them, not the same each
+    # time); 5 epochs of the old per-epoch reshuffle at this fraction saw most of the file.
+    assert all(len(e) == len(set(e)) == 15 * 64 for e in epochs)
+    assert len(union) <= 1000 < r.n_jets and epochs[0] != epochs[1]
+    assert state["subset"] == 1000 and state["subset_digest"]
+    with DatasetReader(path, batch_size=64, seed=3, subset=1000, drop_last=True) as same:
+        same.restore(state)
+    with DatasetReader(path, batch_size=64, seed=4, subset=1000, drop_last=True) as other:
+        assert other.state()["subset_digest"] != state["subset_digest"]
+    with DatasetReader(path, batch_size=64, seed=3, subset=999, drop_last=True) as other, \
+            pytest.raises(ValueError, match="subset"):  # fmt: skip
+        other.restore(state)
+    with pytest.raises(ValueError, match="subset needs shuffle"):
+        DatasetReader(path, subset=10, shuffle=False)

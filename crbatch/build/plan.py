@@ -24,7 +24,7 @@ from .. import schema
 from ..config import load_yaml
 from ..errors import ConfigError, InputCorrupt, InputEmpty, InputMissing, InputSchema
 from ..progress import Progress
-from ..scaling import is_scaled
+from ..scaling import LEGACY_NAME, is_scaled, legacy_constants
 from . import select
 from .config import BuildConfig, BuildInput
 from .h5io import SliceReader
@@ -49,6 +49,8 @@ class Shard:
     max_jets: int | None
     source: int = -1  # index in the datasets' shard list
     file_threshold: int | None = None  # per-file quota: keep file_hash < this
+    only_label: int | None = None  # a multi-class (legacy) shard: this entry takes the jets of one label
+    prescaled: bool = False  # features scaled by the reference already (legacy): copied, not scaled again
 
     @property
     def label(self) -> int:
@@ -67,6 +69,13 @@ class Plan:
     fingerprints: list[dict[str, Any]] = field(default_factory=list)
     xsec_table: dict[int, float] | None = None
     cr_wanted: bool = False
+    prescaled: bool = False  # some shards were scaled by the reference: the datasets are in its scaling
+
+    def scaling(self, cfg: BuildConfig) -> tuple[str, dict[str, Any]]:
+        """(``scaled`` name, ``scaling`` constants) of the datasets this plan writes."""
+        if self.prescaled:
+            return LEGACY_NAME, legacy_constants()
+        return cfg.scaling.name, cfg.scaling.constants()
 
     @property
     def roles(self) -> list[str]:
@@ -156,17 +165,41 @@ def _open_attrs(path: Path) -> dict[str, Any]:
         raise InputSchema(f"{path}: missing tables {', '.join(missing)}")
     dt = attrs.get(schema.A_DATA_TYPE)
     if dt == "mixed":
-        raise InputSchema(f"{path}: holds several classes (a legacy file); build needs one class per shard — "
-                          "read it directly with the reader")  # fmt: skip
-    if dt not in schema.DATA_TYPES:
+        shard_classes(attrs, path)  # must say which classes it holds
+    elif dt not in schema.DATA_TYPES:
         raise InputSchema(f"{path}: unknown data_type {dt!r}")
-    if is_scaled(attrs.get(schema.A_SCALED)):
-        raise InputSchema(
-            f"{path}: features already scaled ({attrs.get(schema.A_SCALED)}); build scales raw shards only "
-            "(read scaled legacy shards directly with the reader)"
-        )
+    scaled = attrs.get(schema.A_SCALED)
+    if is_scaled(scaled) and scaled != LEGACY_NAME:
+        raise InputSchema(f"{path}: features already scaled ({scaled}); build reads raw or reference-scaled shards")
     _verify(path)
     return attrs
+
+
+_LABEL_TYPE = {label.name: name for name, label in schema.DATA_TYPES.items()}
+
+
+def shard_classes(attrs: dict[str, Any], path: Path) -> dict[str, int]:
+    """{data type: jets} of a shard: one class, or a multi-class legacy shard's ``label_counts``."""
+    dt = attrs.get(schema.A_DATA_TYPE)
+    if dt != "mixed":
+        return {dt: int(attrs.get(schema.A_N_JETS, 0))}
+    counts = attrs.get("label_counts")
+    if not isinstance(counts, dict) or not counts or not set(counts) <= set(_LABEL_TYPE):
+        raise InputSchema(f"{path}: multi-class shard without valid label_counts; reconvert it with this crbatch")
+    return {_LABEL_TYPE[k]: int(v) for k, v in counts.items()}
+
+
+def mixed_use(data_type: str, attrs: dict[str, Any], entry: BuildInput | None) -> str:
+    """Where the jets of one class of a multi-class legacy shard go.
+
+    A reference main training file feeds the main dataset, its control-region file the control
+    region; an entry's ``use`` applies to the QCD jets (signal/BIB are main, data is cr, always).
+    """
+    if data_type != "qcd":
+        return {"sig": "main", "bib": "main", "data": "cr"}[data_type]
+    if entry is not None and entry.use:
+        return entry.use
+    return "cr" if attrs.get("legacy_kind") == "control-region" else "main"
 
 
 def _verify(path: Path) -> None:
@@ -231,25 +264,33 @@ def discover(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) -> 
             skipped.append((str(rp), str(e).split(": ", 1)[-1]))
             continue
         prints.append(_fingerprint(rp, attrs))
-        dt = attrs[schema.A_DATA_TYPE]
-        use = (entry.use if entry and entry.use else None) or default_use(dt, cfg)
-        roles = roles_for(dt, use, rp)
-        cr_wanted |= dt == "data" or (dt == "qcd" and entry is not None and entry.use == "cr")
+        mixed = attrs[schema.A_DATA_TYPE] == "mixed"
+        prescaled = attrs.get(schema.A_SCALED) == LEGACY_NAME
         dsid = _dsid(attrs, entry, rp)
-        if dt == "qcd":
+        if attrs[schema.A_DATA_TYPE] == "qcd":
             sw = attrs.get("sum_of_weights_initial")
             if sw is not None and dsid >= 0:
                 sumw[dsid] += float(sw)
             elif sw is not None:
                 sumw_unknown.append(str(rp))
-        n = int(attrs.get(schema.A_N_JETS, 0))
-        if n == 0 or attrs.get(schema.A_STATUS) == "empty":
+        if int(attrs.get(schema.A_N_JETS, 0)) == 0 or attrs.get(schema.A_STATUS) == "empty":
             skipped.append((str(rp), "empty"))
             continue
         ev = (entry.event_filter if entry and entry.event_filter else None) or cfg.event_filter
         fr = entry.fraction if entry and entry.fraction is not None else 1.0
         mx = entry.max_jets if entry and entry.max_jets is not None else cfg.max_jets_per_file
-        usable.append((Shard(rp, dt, roles, n, dsid, ev, fr, mx), attrs))
+        # A multi-class shard becomes one entry per class, each taking the jets of its label.
+        for dt, n in shard_classes(attrs, rp).items():
+            if n == 0:
+                continue
+            if mixed:
+                use = mixed_use(dt, attrs, entry)
+            else:
+                use = (entry.use if entry and entry.use else None) or default_use(dt, cfg)
+            roles = roles_for(dt, use, rp)
+            cr_wanted |= dt == "data" or (dt == "qcd" and use == "cr" and (mixed or entry is not None))
+            only = int(schema.DATA_TYPES[dt]) if mixed else None
+            usable.append((Shard(rp, dt, roles, n, dsid, ev, fr, mx, only_label=only, prescaled=prescaled), attrs))
     if not cr_wanted:  # no data shards: no control region (QCD then feeds the main dataset only)
         for s, _ in usable:
             s.roles = tuple(r for r in s.roles if r != "cr")
@@ -287,9 +328,28 @@ def _xs_factors(shards: list[Shard], sumw: dict[int, float], cfg: BuildConfig) -
     return {d: table[d] / sumw[d] for d in qcd}, table
 
 
+def check_scaling(shards: list[Shard], cfg: BuildConfig) -> bool:
+    """Whether the datasets are in the reference's scaling (some shards were scaled by it).
+
+    Reference-scaled values cannot be unscaled (the layer fractions and the η flips lose
+    information), so raw shards can join them only when scaled the reference's way too.
+    """
+    pre = [s for s in shards if s.prescaled]
+    if not pre:
+        return False
+    raw = [s for s in shards if not s.prescaled]
+    if raw and not (cfg.scaling.reference_exact and tuple(cfg.scaling.jet_pt) == (0.0, 500.0)):
+        raise InputSchema(
+            f"{raw[0].path} is raw, {pre[0].path} was scaled by the reference: build them together with "
+            "--set scaling.reference_exact=true (the reference's pre_process, jet window 0-500 GeV) or build them apart"
+        )
+    return True
+
+
 def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) -> Plan:
     found = discover(inputs, cfg)
     shards = [s for s, _ in found.usable]
+    prescaled = check_scaling(shards, cfg)
     skipped, sumw = found.skipped, found.sumw
     for i, s in enumerate(shards):
         s.source = i
@@ -363,7 +423,7 @@ def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) ->
     plan = Plan(
         shards=shards, skipped=skipped, class_threshold=class_threshold, xs_factor=xs_factor, sumw_initial=sumw,
         candidates=dict(candidates), expected=dict(expected),
-        fingerprints=found.fingerprints, xsec_table=xsec_table, cr_wanted=found.cr_wanted,
+        fingerprints=found.fingerprints, xsec_table=xsec_table, cr_wanted=found.cr_wanted, prescaled=prescaled,
     )  # fmt: skip
     check_classes(plan, cfg)
     if not plan.roles:
@@ -375,6 +435,8 @@ def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) ->
 def base_mask(jets: np.ndarray, s: Shard, cfg: BuildConfig) -> np.ndarray:
     """Event filter, signal mass points and the per-file fraction."""
     m = select.event_mask(jets, s.event_filter) & select.mass_mask(jets, cfg.mass_points)
+    if s.only_label is not None:
+        m &= jets["label"] == s.only_label
     if s.fraction < 1.0:
         m &= select.below(select.file_hash(jets, cfg.seed), select.fraction_threshold(s.fraction))
     return m

@@ -146,8 +146,8 @@ def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig,
         schema.A_KIND: "dataset",
         schema.A_SPLIT: split,
         schema.A_ROLE: role,
-        schema.A_SCALED: cfg.scaling.name,
-        schema.A_SCALING: cfg.scaling.constants(),
+        schema.A_SCALED: plan.scaling(cfg)[0],
+        schema.A_SCALING: plan.scaling(cfg)[1],
         schema.A_N_JETS: sum(c["jets"] for c in summary["datasets"][role][split].values()),
         schema.A_SUMMARY: summary,
         schema.A_CONFIG: cfg.to_record(),
@@ -183,8 +183,8 @@ def make_summary(plan: Plan, cfg: BuildConfig, bid: str, final_sums, factors, se
         "datasets": datasets,
         "balance_factor": {f"{r}_{s}": f for (r, s), f in factors.items()},
         "files": {
-            "given": len(plan.shards) + len(plan.skipped),
-            "used": len(plan.shards),
+            "given": len({s.path for s in plan.shards}) + len(plan.skipped),
+            "used": len({s.path for s in plan.shards}),  # a multi-class shard is one file, several entries
             "skipped": len(plan.skipped),
             "skipped_by_reason": reasons,
         },
@@ -199,7 +199,7 @@ def make_summary(plan: Plan, cfg: BuildConfig, bid: str, final_sums, factors, se
             if cfg.xsec
             else "no cross-section table: mcEventWeight (BIB, data: 1)",
         },
-        "scaling": cfg.scaling.name,
+        "scaling": plan.scaling(cfg)[0],
         "seed": cfg.seed,
         "split_seed": cfg.split_seed,
     }

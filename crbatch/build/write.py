@@ -303,7 +303,10 @@ def scatter(
                     tables = {k: take_into(v, idx, arena.get(f"sel_{k}", v.dtype, (len(idx), v.shape[1])))
                               for k, v in tables.items()}  # fmt: skip
                     masks = {r: m[idx] for r, m in masks.items()}
-                scaled, jet_pt = scale_tables({"jets": jets, **tables}, cfg.scaling, inplace=True)
+                if s.prescaled:  # a reference-scaled legacy shard: its values are the model's inputs already
+                    scaled, jet_pt = tables, jets["pt"].astype(np.float32)
+                else:
+                    scaled, jet_pt = scale_tables({"jets": jets, **tables}, cfg.scaling, inplace=True)
                 # One jets record per selected jet; objects packed (valid slots only), row-major.
                 jrec = arena.get("jrec", JET_RECORD, (len(jets),))  # every field is assigned below
                 rj = jrec["jets"]

@@ -109,6 +109,13 @@ class ConvertLegacyConfig(StageConfig):
     scaled: bool | None = Field(
         None, description="the pickle's features are already scaled (null: detect from jet_pt range)"
     )
+    type: DataType | None = Field(
+        None,
+        description="label every jet as this type, for files whose label column is known to be wrong "
+        "(null: the label column, checked against the LLP truth, the masses and the file name)",
+    )
+    mH: float | None = Field(None, ge=0, description="signal jets' heavy scalar mass, GeV (null: the llp_mH column)")
+    mS: float | None = Field(None, ge=0, description="signal jets' LLP mass, GeV (null: the llp_mS column)")
     fast_decoding: bool = Field(
         True,
         description="decode std::vector branches with crbatch's faster uproot interpretations (same arrays, "
@@ -116,3 +123,11 @@ class ConvertLegacyConfig(StageConfig):
     )
     compress: bool = Field(True, description="lz4-compress the shard's tables")
     force: bool = Field(False, description="reconvert even if a complete shard exists")
+
+    @model_validator(mode="after")
+    def _mass_pair(self) -> ConvertLegacyConfig:
+        if (self.mH is None) != (self.mS is None):
+            raise ValueError("give both --mH and --mS (GeV), or neither")
+        if self.mH is not None and self.type not in (None, "sig"):
+            raise ValueError(f"--mH/--mS are signal masses; --type {self.type} has none")
+        return self

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ class FileInfo:
     missing: list[str]  # wanted features/columns absent from the pickle
     partial: dict[str, int]  # features present in only some slots: feature → slots present
     stats: Counter = field(default_factory=Counter)
+    decision: LabelDecision | None = None
 
 
 def _check_header(src: Path) -> None:
@@ -258,11 +260,134 @@ def inspect(df: Any, src: Path, cfg: ConvertLegacyConfig) -> FileInfo:
         info.scaled = _detect_scaled(jet_pt, cfg)
     elif cfg.scaled is not None:
         info.scaled = cfg.scaled
+    info.decision = decide_labels(df, info, cfg)
     return info
 
 
+# --- labels: checked against the truth, the masses and the file name --------------------------------
+
+TRUTH_COLUMNS = ("llp_pt", "llp_Lxy", "llp_Lz")  # non-zero only for a jet matched to a truth LLP (signal)
+_NAME_TYPE = re.compile(r"^(sig|signal|qcd|bib|data)(?=[_.\-]|$)", re.IGNORECASE)
+# The reference's signal sample names: sig_<DSID>_<mH>_<mS> (e.g. sig_311424_600_275.pkl).
+_NAME_MASSES = re.compile(r"^sig(?:nal)?_(\d{6})_(\d+(?:p\d+)?)_(\d+(?:p\d+)?)(?=[_.\-]|$)", re.IGNORECASE)
+_TYPE_NAMES = {"sig": "signal", "qcd": "QCD", "bib": "BIB", "data": "data"}
+
+
+@dataclass
+class LabelDecision:
+    """How the shard's labels and masses were chosen; recorded as the ``label_decision`` attribute."""
+
+    type: str | None  # --type override (every jet), or None: the label column
+    masses: tuple[float, float] | None  # --mH/--mS for the signal jets, or None: the mass columns
+    name_hint: dict[str, Any] | None  # what the file name says (type, dsid, mH, mS), if it follows a convention
+    checks: dict[str, int]  # jets found by each consistency check (all 0 unless overridden)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "labels": f"--type {self.type} (label column overridden)" if self.type else "label column",
+            "masses": f"--mH {self.masses[0]:g} --mS {self.masses[1]:g}" if self.masses else "mass columns",
+            "file_name": self.name_hint,
+            "checked": ["LLP truth (" + "/".join(TRUTH_COLUMNS) + ")", "llp_mH/llp_mS", "file name"],
+            "contradictions": self.checks,
+        }
+
+
+def name_hint(src: Path) -> dict[str, Any] | None:
+    """The type (and, for ``sig_<DSID>_<mH>_<mS>``, DSID and masses) a reference file name states."""
+    m = _NAME_MASSES.match(src.stem)
+    if m:
+        mh, ms = (float(g.replace("p", ".")) for g in m.group(2, 3))
+        return {"type": "sig", "dsid": int(m.group(1)), "mH": mh, "mS": ms}
+    m = _NAME_TYPE.match(src.stem)
+    if m:
+        t = m.group(1).lower()
+        return {"type": "sig" if t == "signal" else t}
+    return None
+
+
+def _nonzero(df: Any, info: FileInfo, names: tuple[str, ...]) -> np.ndarray | None:
+    """Per jet: any of ``names`` finite and non-zero (None when none of the columns exists)."""
+    cols = [c for c in (_column(df, info, n, slice(None)) for n in names) if c is not None]
+    if not cols:
+        return None
+    return np.logical_or.reduce([np.isfinite(c) & (c != 0) for c in cols])
+
+
+def decide_labels(df: Any, info: FileInfo, cfg: ConvertLegacyConfig) -> LabelDecision:
+    """Check the labels against the LLP truth, the masses and the file name; refuse a contradiction.
+
+    Older reference versions wrote signal pickles labelled 0 (QCD today) with their truth set, and
+    its CLI wrote signal masses 0/0 when none were given: such files must not become QCD, or signal
+    without masses, silently. ``--type`` and ``--mH/--mS`` are the user's word for files whose
+    labels or masses are known to be wrong; what was found and decided is recorded.
+    """
+    hint = name_hint(info.src)
+    masses = (float(cfg.mH), float(cfg.mS)) if cfg.mH is not None and cfg.mS is not None else None
+    decision = LabelDecision(cfg.type, masses, hint, {})
+    n = info.n_rows
+    if n == 0:
+        return decision
+    raw = _column(df, info, "label", slice(None))
+    assert raw is not None  # required by inspect
+    label = np.full(n, int(schema.DATA_TYPES[cfg.type]), np.int8) if cfg.type is not None else _column_labels(raw, info)
+    truth = _nonzero(df, info, TRUTH_COLUMNS)
+    mass = _nonzero(df, info, MASS_COLUMNS)
+    sig = label == int(schema.Label.SIGNAL)
+    bkg = ~sig
+    checks = {
+        "background_with_truth": int((bkg & truth).sum()) if truth is not None else 0,
+        "background_with_masses": int((bkg & mass).sum()) if mass is not None else 0,
+        "signal_without_truth": int((sig & ~truth).sum()) if truth is not None else 0,
+        "signal_without_masses": int((sig & ~mass).sum()) if mass is not None else int(sig.sum()),
+    }
+    decision.checks = checks
+    src = info.src
+    fix_type = "--type sig|qcd|bib|data (the right one)"
+    if cfg.type is None:
+        names = {_TYPE_NAMES[LABEL_TYPE[schema.Label(v)]] for v in np.unique(label).tolist()}
+        if checks["background_with_truth"] or checks["background_with_masses"]:
+            k = max(checks["background_with_truth"], checks["background_with_masses"])
+            what = "LLP truth" if checks["background_with_truth"] else "signal masses"
+            bnames = sorted({_TYPE_NAMES[LABEL_TYPE[schema.Label(v)]] for v in np.unique(label[bkg]).tolist()})
+            raise InputSchema(f"{src}: {k} of {n} jets labelled background ({'/'.join(bnames)}) carry {what}: "
+                              "an older reference signal file? Give --type sig to relabel it (or --type qcd|bib "
+                              "to keep the background label)")  # fmt: skip
+        if checks["signal_without_truth"]:
+            raise InputSchema(f"{src}: {checks['signal_without_truth']} of {n} signal-labelled jets have no LLP "
+                              f"truth ({'/'.join(TRUTH_COLUMNS)} all 0): give {fix_type}")  # fmt: skip
+        if hint is not None and _TYPE_NAMES[hint["type"]] not in names:  # a control-region "data_" file has MC too
+            raise InputSchema(f"{src}: the file name says {_TYPE_NAMES[hint['type']]}, its labels say "
+                              f"{'/'.join(sorted(names))}: give {fix_type}")  # fmt: skip
+    if sig.any() and masses is None:
+        if checks["signal_without_masses"]:
+            raise InputSchema(f"{src}: {checks['signal_without_masses']} of {int(sig.sum())} signal jets have "
+                              "llp_mH = llp_mS = 0 (masses unknown): give --mH M --mS M (GeV)")  # fmt: skip
+        if hint is not None and "mH" in hint:
+            have = _mass_points(df, info, sig)
+            if have != [(hint["mH"], hint["mS"])]:
+                said = ", ".join(f"{a:g}/{b:g}" for a, b in have[:3]) + (" ..." if len(have) > 3 else "")
+                raise InputSchema(f"{src}: the file name says mH={hint['mH']:g}, mS={hint['mS']:g}, its "
+                                  f"llp_mH/llp_mS columns say {said}: give the right masses with --mH M --mS M")  # fmt: skip
+    if masses is not None and not sig.any():
+        log.warning("%s: --mH/--mS given but the file has no signal jets: ignored (--type sig relabels it)", src)
+    return decision
+
+
+def _mass_points(df: Any, info: FileInfo, sig: np.ndarray) -> list[tuple[float, float]]:
+    cols = [_column(df, info, m, slice(None)) for m in MASS_COLUMNS]
+    mh, ms = (np.zeros(info.n_rows) if c is None else np.nan_to_num(c) for c in cols)
+    return sorted({(float(a), float(b)) for a, b in zip(mh[sig], ms[sig], strict=True)})
+
+
 def _labels(raw: np.ndarray, info: FileInfo) -> np.ndarray:
-    """Shard labels from the pickle's labels (int or float), by the pickle kind's map."""
+    """Shard labels from the pickle's labels (int or float), by the pickle kind's map (or ``--type``)."""
+    if info.decision is not None and info.decision.type is not None:
+        return np.full(raw.shape, int(schema.DATA_TYPES[info.decision.type]), np.int8)
+    return _column_labels(raw, info)
+
+
+def _column_labels(raw: np.ndarray, info: FileInfo) -> np.ndarray:
+    """Shard labels from the pickle's label column."""
     mapping = CONTROL_REGION_LABELS if info.control_region else MAIN_LABELS
     ok = np.isfinite(raw) & (raw == np.round(raw))
     values = set(np.unique(raw[ok]).astype(np.int64).tolist())
@@ -297,6 +422,13 @@ def _jets_block(df: Any, info: FileInfo, sl: slice) -> np.ndarray:
     for name in MASS_COLUMNS:
         if col[name] is not None:
             jets[name] = _finite_or(col[name], 0.0, info, f"jets.{name}")
+    d = info.decision
+    if d is not None and (d.type is not None or d.masses is not None):
+        sig = label == int(schema.Label.SIGNAL)
+        for name, value in zip(MASS_COLUMNS, d.masses or (None, None), strict=True):
+            jets[name][~sig] = 0.0  # backgrounds carry no masses (schema)
+            if value is not None:
+                jets[name][sig] = value
     if "eventNumber" in info.columns.position:
         jets["eventNumber"] = _event_numbers(df, info, sl)
     if col["runNumber"] is not None:
@@ -424,7 +556,8 @@ def _attributes(src: Path, cfg: ConvertLegacyConfig, info: FileInfo, summary: Su
         "source_format": "legacy-pkl",
         "llp_mH": summary.mass("llp_mH"),
         "llp_mS": summary.mass("llp_mS"),
-        "dsid": -1,
+        "dsid": (info.decision.name_hint or {}).get("dsid", -1) if info.decision else -1,
+        schema.A_LABEL_DECISION: info.decision.record() if info.decision else None,
         "legacy_kind": "control-region" if info.control_region else "training",
         "legacy_label_map": {str(k): int(v) for k, v in label_map.items()},
         "label_counts": {schema.Label(k).name: v for k, v in sorted(summary.labels.items())},

@@ -299,9 +299,18 @@ def _check_source(src: Path) -> dict[str, Any]:
     return attrs
 
 
+# Files the reference scaled itself and the reference's pre_process redone by crbatch: one scaling.
+_SAME_NAME = {"legacy-reference": "reference-exact"}
+
+
 def _same_scaling(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     keys = ("name", "jet_pt", "cluster_pt", "track_pt", "track_z0_scale", "reference_exact")
-    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+
+    def norm(c: Mapping[str, Any], k: str) -> Any:
+        v = c.get(k)
+        return _SAME_NAME.get(v, v) if k == "name" else v
+
+    return a is not None and b is not None and all(norm(a, k) == norm(b, k) for k in keys)
 
 
 def _already_done(dst: Path, source: Mapping[str, Any], model: ScoringModel, hypothesis: Any) -> bool:
@@ -353,7 +362,16 @@ def score_file(
             log.warning("%s (scoring anyway)", msg)
         requested = None
     elif attrs.get(schema.A_SCALED) == "legacy-reference":
+        from ..scaling import legacy_constants
+
         scaling_used = {"applied": False, "constants": None, "origin": "legacy shard scaled by the reference"}
+        if not _same_scaling(legacy_constants(), consts):
+            name = (consts or {}).get("name")
+            msg = (f"{src}: its features were scaled by the reference, the model's inputs are scaled {name!r} "
+                   f"({model.scaling.origin})")  # fmt: skip
+            if not ignore_scaling_mismatch:
+                raise InputSchema(msg + "; score the raw shards instead, or pass --ignore-scaling-mismatch")
+            log.warning("%s (scoring anyway)", msg)
         requested = None
     else:
         try:

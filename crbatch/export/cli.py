@@ -35,7 +35,8 @@ def register(sub) -> None:
                      "'best': the epoch crbatch analyze chose")  # fmt: skip
     src.add_argument("--model", type=Path, metavar="FILE.keras", help="any saved crbatch classifier")
     src.add_argument("--from-reference", type=Path, metavar="FILE",
-                     help="a reference-trained final_model_weights_<N>.keras (Keras-2 HDF5 weights)")  # fmt: skip
+                     help="a reference-trained model: final_model_weights_<N>.keras (Keras-2 HDF5 weights) or a "
+                     "Keras-2 model.save .keras archive")  # fmt: skip
     p.add_argument("--base", type=Path, default=Path("training_results"), metavar="DIR",
                    help="root of the run directories (default: training_results)")  # fmt: skip
     p.add_argument("--format", choices=["fdeep", "onnx", "onnx-raw", "all"], default="all",
@@ -101,7 +102,14 @@ def load_keras(path: Path) -> Any:
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # zipfile, h5py, JSON and Keras deserialisation errors alike
-        raise InputCorrupt(f"{path}: cannot load a Keras model from it ({type(e).__name__}: {e})") from e
+        from .reference import keras2_archive_version, one_line
+
+        # Keras' message can hold the whole model config (tens of kB): one line, capped.
+        v = keras2_archive_version(path)
+        hint = f"; a Keras {v} model.save archive (the reference's): give it with --from-reference" if v else ""
+        raise InputCorrupt(
+            one_line(f"{path}: cannot load a Keras model from it{hint} ({type(e).__name__}: {e})")
+        ) from e
 
 
 def _train_config(path: Path | None) -> Any:
@@ -130,10 +138,11 @@ def resolve(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any], Any, An
     from . import sidecar
 
     if args.from_reference is not None:
-        from .reference import load_reference
+        from .reference import load_reference, reference_train_config
 
-        cfg = _train_config(args.config)
-        model, mapping = load_reference(args.from_reference, cfg)
+        given = _train_config(args.config) if args.config else None
+        model, mapping = load_reference(args.from_reference, given)  # an archive brings its own architecture
+        cfg = reference_train_config(args.from_reference, given)
         src = {"kind": "reference", "path": str(args.from_reference), "layer_mapping": mapping}
         return model, f"reference_{args.from_reference.stem}", src, cfg, sidecar.reference_scaling()
     if args.model is not None:

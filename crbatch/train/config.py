@@ -70,6 +70,10 @@ class TrainConfig(StageConfig):
     frac_list: float = Field(
         0.5, gt=0, le=1, description="fraction of the training and validation jets used (a fixed, seeded subset)"
     )
+    shuffle_window: int = Field(
+        4096, ge=0, description="jets the reader holds to mix each batch from many places of the file, whatever "
+        "its order (0: contiguous slices, for datasets shuffled by the build only)",
+    )  # fmt: skip
     mH_parametrization: bool = Field(False, description="append mH (TeV) to every constituent and the jet vector")
     mS_parametrization: bool = Field(False, description="append mS (TeV) to every constituent and the jet vector")
     include_low_mass: bool = Field(True, description="with include_high_mass off: train on mH ∈ {60,125,200} only")

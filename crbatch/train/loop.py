@@ -3,10 +3,11 @@
 Data (:class:`TrainData`) comes from ``crbatch build`` datasets through the streaming reader
 (crbatch.build.reader): host memory holds a few batches, never a dataset. On top of the reader:
 
-* ``frac_list`` (reference: a random fraction of the rows): each epoch trains on the first
-  ``ceil(frac · n_batches)`` batches of the reader's per-epoch shuffled batch order (a different,
-  seeded selection each epoch, no wasted reads); validation uses the first ``frac`` of the
-  validation files (a fixed subset, so epochs compare).
+* ``frac_list`` (reference: a random fraction of the rows, drawn once): a fixed, seeded subset of
+  the training jets — ``ceil(frac · n_batches)`` full batches' worth (reference batching: ``ceil(frac · N)``
+  jets) — and of the control region, drawn once for the run by the reader, reshuffled every
+  epoch, and recorded (sizes and digests) in the checkpoint, which a resumed run must match;
+  validation uses the first ``frac`` of the validation files (a fixed subset, so epochs compare).
 * ``include_low_mass`` xor ``include_high_mass`` (reference §3.6): signal jets of the other mass
   group and a seeded fraction of QCD and BIB jets (so that each keeps about as many jets as the
   selected signal) are masked out of the classifier loss (mask ``m``; the batch keeps its shape).
@@ -158,12 +159,27 @@ class TrainData:
         self.fields = [*ID_FIELDS, "llp_mH", "llp_mS"]
         weight = "mcEventWeight" if cfg.weight_column == "none" else cfg.weight_column
         cr_weight = "mcEventWeight" if cfg.cr_weight_column == "none" else cfg.cr_weight_column
+        subset = cr_subset = None
+        if cfg.frac_list < 1:
+            if cfg.num_splits:
+                subset = math.ceil(cfg.frac_list * n)
+            else:  # whole batches: every step has the same shape
+                subset = max(1, math.ceil(cfg.frac_list * (n // self.batch_size))) * self.batch_size
+            cr_subset = max(1, math.ceil(cfg.frac_list * self.attrs["cr", "train"][schema.A_N_JETS]))
+        mixing = cfg.shuffle_window > 0
         self.reader = DatasetReader(
             self.paths["main", "train"], self.paths["cr", "train"], batch_size=self.batch_size, seed=cfg.seed,
             drop_last=drop_last, weight=weight, cr_weight=cr_weight, jet_fields=self.fields, prefetch=2,
+            shuffle_window=cfg.shuffle_window, subset=subset if mixing else None,
+            cr_subset=cr_subset if mixing else None,
         )  # fmt: skip
         per_epoch = len(self.reader)
-        self.steps = min(cfg.num_splits, per_epoch) if cfg.num_splits else max(1, math.ceil(cfg.frac_list * per_epoch))
+        if mixing:
+            self.steps = min(cfg.num_splits, per_epoch) if cfg.num_splits else per_epoch
+        else:  # contiguous slices: the first batches of each epoch's order (a different subset each epoch)
+            self.steps = (
+                min(cfg.num_splits, per_epoch) if cfg.num_splits else max(1, math.ceil(cfg.frac_list * per_epoch))
+            )
         self._weights = (weight, cr_weight)
         if cfg.n_mass_features:
             c = self.stats.mass_counts.astype(np.float64)
@@ -195,13 +211,15 @@ class TrainData:
             "background": "(mH, mS) drawn from the signal counts per jet (hash of jet id, seed, epoch)",
         }
 
-    def reader_state(self, epoch: int, step: int) -> dict[str, int]:
+    def reader_state(self, epoch: int, step: int) -> dict[str, Any]:
         return {"epoch": epoch, "position": step, "seed": self.reader.seed, "batch_size": self.batch_size,
-                "n_jets": self.reader.n_jets}  # fmt: skip
+                "n_jets": self.reader.n_jets, **self.reader.subset_state()}  # fmt: skip
 
-    def check_reader_state(self, saved: Mapping[str, int]) -> None:
-        for k in ("n_jets", "batch_size", "seed"):
-            mine = self.reader_state(0, 0)[k]
+    def check_reader_state(self, saved: Mapping[str, Any]) -> None:
+        mine_all = self.reader_state(0, 0)
+        keys = ["n_jets", "batch_size", "seed"] + [k for k in self.reader.subset_state() if k in saved]
+        for k in keys:
+            mine = mine_all[k]
             if saved.get(k) != mine:
                 raise ConfigError(
                     f"the run was trained with {k} = {saved.get(k)} of {self.paths['main', 'train']}, now {mine}: "
