@@ -38,7 +38,7 @@ def classify_read_error(path: str, e: BaseException) -> CrbatchError:
     """Map an exception from reading ``path`` to a user-facing error with the right exit code."""
     if isinstance(e, CrbatchError):
         return e
-    if isinstance(e, FileNotFoundError):
+    if isinstance(e, FileNotFoundError) or (_is_remote(path) and "no such file" in str(e).lower()):
         return InputMissing(f"{path}: no such file; check the path")
     if isinstance(e, PermissionError):
         return InputCorrupt(f"{path}: permission denied; make the file readable")
@@ -85,9 +85,20 @@ def _count_summary(hists: dict[str, dict[str, Any]]) -> dict[str, float]:
 def _open(path: str, cfg: ConvertDivertConfig):
     import uproot
 
+    if _is_remote(path):
+        from ..storage import RemotePath, classify, single_attempt
+
+        try:  # a missing file (exit 10) or a server that is down (exit 20; `convert` retries) in one line
+            with single_attempt():
+                RemotePath(path).stat()
+        except Exception as e:
+            raise classify(path, e) from e
     try:
         # Not uproot's MemmapSource: mapped pages count as resident, so RSS would grow with the file.
-        f = uproot.open(path, array_cache=None, object_cache=None)
+        # root://: uproot's own XRootD source (the XRootD bindings). Through fsspec-xrootd 0.5.5 with
+        # xrootd 6.2.1 and uproot 5.7, basket reads fail ("integer argument expected for offset").
+        remote = {"handler": uproot.source.xrootd.XRootDSource} if _is_remote(path) else {}
+        f = uproot.open(path, array_cache=None, object_cache=None, **remote)
         if not _is_remote(path):
             size, end = os.path.getsize(path), int(f.file.fEND)
             if size < end:
@@ -169,7 +180,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
                 schema.A_N_JETS: writer.n,
                 schema.A_SCALED: False,
                 "source_path": str(src.resolve()) if not _is_remote(path) else path,
-                "source_size": os.path.getsize(path) if not _is_remote(path) else -1,
+                "source_size": os.path.getsize(path) if not _is_remote(path) else src.size(),
                 "source_entries": n_entries,
                 "tree": cfg.tree,
                 "llp_mH": masses[0],
