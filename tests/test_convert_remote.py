@@ -7,7 +7,7 @@ import time
 import h5py
 import hdf5plugin  # noqa: F401  (the shards' codec)
 import pytest
-from xrootd_helpers import UNREACHABLE, remote_dir, xrootd  # noqa: F401
+from xrootd_helpers import UNREACHABLE
 
 from crbatch import storage
 from crbatch.cli import main

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xrootd_helpers import UNREACHABLE, remote_dir, xrootd  # noqa: F401
+from xrootd_helpers import UNREACHABLE
 
 from crbatch import schema, storage
 from crbatch.errors import ExitCode
