@@ -9,8 +9,11 @@ set -euo pipefail
 
 crb_setup analyze "${1:-}" 0
 crb_status running
-crb_exec "$CRB_TASK.args"
-if [ "$CRB_RC" = 0 ] && [ -r "$CRB_TASK.export.args" ]; then
-  crb_exec "$CRB_TASK.export.args"
+if crb_stage_in; then
+  crb_exec "$CRB_TASK.args"
+  if [ "$CRB_RC" = 0 ] && [ -r "$CRB_TASK.export.args" ]; then
+    crb_exec "$CRB_TASK.export.args"
+  fi
+  crb_stage_out
 fi
 crb_finish "$CRB_RC"

@@ -22,9 +22,12 @@ IMAGE_JOBS_DIR = Path("/opt/crbatch/jobs")  # where the Dockerfile and apptainer
 
 def register(sub) -> None:
     """All three commands."""
+    from . import staging
+
     register_submit(sub)
     register_status(sub)
     register_collect(sub)
+    staging.register(sub)
 
 
 def _set_arg(p: argparse.ArgumentParser) -> None:
@@ -122,6 +125,21 @@ def jobs_dir_for(args: argparse.Namespace, plan, backend: str) -> Path:
     return jobs
 
 
+def default_plan_dir(plan, backend: str) -> Path:
+    """``<storage>/batch/<name>/<backend>``; with root:// storage a local directory,
+    ``./crbatch-plans/<name>/<backend>`` (the submit side keeps the plan; jobs get it by file transfer
+    or see it on the cluster's shared home)."""
+    if plan.pipeline.remote:
+        return Path("crbatch-plans") / plan.pipeline.name / backend
+    return plan.layout.plan_dir(backend)
+
+
+def scheduler_logs(plan, plan_dir: Path, backend: str) -> Path:
+    """Where the scheduler writes the jobs' own stdout/stderr: ``<storage>/logs/<name>/<backend>/``; with
+    root:// storage (a scheduler writes only local files) ``<plan dir>/logs/``."""
+    return plan_dir / "logs" if plan.pipeline.remote else plan.layout.logs / backend
+
+
 def run_submit(args: argparse.Namespace) -> int:
     from . import condor, local, slurm
     from .plan import write_plan
@@ -131,7 +149,7 @@ def run_submit(args: argparse.Namespace) -> int:
     plan = load_target(args.pipeline, args.set, args.until)
     p = plan.pipeline
     jobs = jobs_dir_for(args, plan, args.backend)
-    plan_dir = Path(os.path.abspath(args.output_dir or plan.layout.plan_dir(args.backend)))
+    plan_dir = Path(os.path.abspath(args.output_dir or default_plan_dir(plan, args.backend)))
     site = load_site(args.site or p.site) if args.backend == "condor" else None
     states = collect_status(plan)
     work = todo(plan, states)
@@ -147,7 +165,7 @@ def run_submit(args: argparse.Namespace) -> int:
     write_plan(plan, plan_dir, run_dir)
     print(f"plan: {plan_dir}")
     # The schedulers write their own stdout/stderr files there and fail a job whose directory is missing.
-    sched_logs = plan.layout.logs / args.backend
+    sched_logs = scheduler_logs(plan, plan_dir, args.backend)
     try:
         sched_logs.mkdir(parents=True, exist_ok=True)
     except OSError as e:
