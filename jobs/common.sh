@@ -98,7 +98,7 @@ crb_assemble_plan() {
   for f in "$CRB_INDEX".*; do mv -f -- "$f" "$d/$CRB_STAGE/"; done
   for f in paths plan.json *.yaml; do mv -f -- "$f" "$d/"; done
   shopt -u nullglob
-  CRB_PLAN=$d
+  CRB_PLAN=$d CRB_ASSEMBLED=$d
 }
 
 # crb_sandbox: root:// storage: a fresh work directory with the plan as plan/ (removed at exit).
@@ -111,8 +111,11 @@ crb_sandbox() {
   mkdir -p -- "$CRB_WORK/.status" "$CRB_WORK/.log"
 }
 
-crb_cleanup() {
-  if [ -n "${CRB_WORK:-}" ] && [ "${CRBATCH_KEEP_SANDBOX:-0}" != 1 ]; then rm -rf -- "$CRB_WORK"; fi
+crb_cleanup() { # nothing new is left in the job's directory, so HTCondor transfers nothing back
+  if [ "${CRBATCH_KEEP_SANDBOX:-0}" != 1 ]; then
+    if [ -n "${CRB_WORK:-}" ]; then rm -rf -- "$CRB_WORK"; fi
+    if [ -n "${CRB_ASSEMBLED:-}" ]; then rm -rf -- "$CRB_ASSEMBLED"; fi
+  fi
 }
 
 # crb_storage ARGS...: `crbatch storage ARGS...`, its output into the job's log (root:// storage).

@@ -113,13 +113,14 @@ def jobs_dir_for(args: argparse.Namespace, plan, backend: str) -> Path:
     """Where the workers find jobs/*.sh: given, else the crbatch image's copy for containerised HTCondor
     jobs (the Dockerfile installs them in /opt/crbatch/jobs), else this checkout's jobs/."""
     jobs = args.jobs_dir or plan.pipeline.jobs_dir
-    if jobs is None and backend == "condor" and plan.pipeline.image:
+    if jobs is None and backend == "condor" and plan.pipeline.image and not plan.pipeline.remote:
         log.info("jobs_dir: %s (the crbatch image's copy; set jobs_dir for another image)", IMAGE_JOBS_DIR)
         return IMAGE_JOBS_DIR
     # A source checkout has jobs/ beside the package; an installed image sets $CRBATCH_JOBS.
     jobs = Path(os.path.abspath(jobs or os.environ.get("CRBATCH_JOBS") or DEFAULT_JOBS_DIR))
     missing = [s for s in ("common.sh", "convert.sh") if not (jobs / s).is_file()]
-    in_image = backend == "condor" and plan.pipeline.image is not None  # not on this machine: cannot check
+    # not on this machine: cannot check (with root:// storage HTCondor transfers this machine's copy)
+    in_image = backend == "condor" and plan.pipeline.image is not None and not plan.pipeline.remote
     if missing and not in_image:
         raise ConfigError(f"{jobs}: no jobs/*.sh entry scripts here; set jobs_dir in the pipeline or --jobs-dir")
     return jobs
