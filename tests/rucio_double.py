@@ -46,13 +46,17 @@ class RucioDouble:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                double.requests.append({"path": self.path, "body": body, "token": self.headers.get("X-Rucio-Auth-Token")})
+                double.requests.append(
+                    {"path": self.path, "body": body, "token": self.headers.get("X-Rucio-Auth-Token")}
+                )
                 if not self.path.startswith("/replicas/list"):
                     return self._error(404, "NotFound", self.path)
                 lines = []
                 for did in body.get("dids", []):
                     if did["name"] not in double.files:
-                        return self._error(404, "DataIdentifierNotFound", f"Data identifier '{did['scope']}:{did['name']}' not found")
+                        return self._error(
+                            404, "DataIdentifierNotFound", f"Data identifier '{did['scope']}:{did['name']}' not found"
+                        )
                     for f in double.files[did["name"]]:
                         pfns = {}
                         for prio, (rse, urls) in enumerate(sorted(f["rses"].items()), start=1):
