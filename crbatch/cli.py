@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 
 from . import __version__, signals
-from .errors import EXIT_CODE_HELP, CrbatchError, ExitCode
+from .errors import DISK_FULL_ERRNO, EXIT_CODE_HELP, CrbatchError, ExitCode, classify_write_error, error_errno
 
 log = logging.getLogger("crbatch")
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Escapes control characters (a newline, a carriage return, ...) in the text arguments of a log
+    record, so a file name that contains a newline cannot split a log line in two or fake one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_one_line(a) for a in record.args)
+        return super().format(record)
+
+
+def _one_line(a: object) -> object:
+    if isinstance(a, (str, os.PathLike)):
+        text = os.fspath(a)
+        if isinstance(text, str) and any(c < " " and c != "\t" for c in text):
+            return text.encode("unicode_escape").decode("ascii", "replace")
+    return a
 
 
 def _setup_logging(level: int) -> None:
@@ -21,7 +41,7 @@ def _setup_logging(level: int) -> None:
     else:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    handler.setFormatter(_OneLineFormatter(fmt, "%H:%M:%S"))
     handler._crbatch = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     # Replace our own handler from an earlier call (tests call main() many times); keep others.
@@ -93,9 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return int(ExitCode.INTERRUPTED)
-    except Exception:
+    except Exception as e:
+        # A full disk or a read-only location met outside schema.atomic_output (a log, a plot, a
+        # library's own file): the same one line and exit code as everywhere else.
+        err = classify_write_error(getattr(e, "filename", None) or "output", e) if _is_write_error(e) else None
+        if err is not None:
+            log.debug("where the write failed:", exc_info=True)
+            log.error("%s", err)
+            return int(err.code)
         log.exception("internal error (please report this with the log above)")
         return int(ExitCode.INTERNAL)
+
+
+def _is_write_error(e: BaseException) -> bool:
+    """Errors that can only come from writing (disk full, quota, read-only file system): EACCES is
+    not one of them, it can come from reading an input."""
+    return isinstance(e, (OSError, RuntimeError)) and error_errno(e) in (*DISK_FULL_ERRNO, errno.EROFS)
 
 
 def run() -> None:

@@ -12,6 +12,7 @@ import argparse
 import enum
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,12 +205,88 @@ def build_config(model: type[M], file: Path | None = None, overrides: dict[str, 
         raise ConfigError(validation_message(e, source)) from e
 
 
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-field flags the user gave (``--epochs 3`` → ``{"epochs": 3}``)."""
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+
+
+def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, (*prefix, str(k)))
+        else:
+            yield (*prefix, str(k)), v
+
+
+def _has(d: dict[str, Any], path: tuple[str, ...]) -> bool:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
+def _field_at(model: type[BaseModel], path: tuple[str, ...]) -> Any | None:
+    """The pydantic FieldInfo of a dotted key, or None when it is not a (nested) field of ``model``."""
+    field = None
+    for i, k in enumerate(path):
+        fields = getattr(model, "model_fields", None)
+        if not fields or k not in fields:
+            return None
+        field = fields[k]
+        if i < len(path) - 1:
+            inner = _scalar_or_model(field.annotation)
+            if inner is None:
+                return None
+            model = inner
+    return field
+
+
+def _scalar_or_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for a in typing.get_args(annotation):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def check_overridden(model: type[BaseModel], layers: list[tuple[str, dict[str, Any]]]) -> None:
+    """A value a later layer overrides must still be valid: ``--set epochs=abc --epochs 1`` is an
+    error (exit 3), not silently ignored. ``layers``: (source, nested dict), lowest first."""
+    from pydantic import TypeAdapter
+
+    for i, (source, layer) in enumerate(layers):
+        later = [(s, d) for s, d in layers[i + 1 :] if d]
+        if not later:
+            continue
+        for path, value in _leaves(layer):
+            winner = next((s for s, d in later if _has(d, path)), None)
+            if winner is None:
+                continue
+            field = _field_at(model, path)
+            if field is None:  # unknown keys are reported by the model itself
+                continue
+            try:
+                ann = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+                TypeAdapter(ann).validate_python(value)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"] if e.errors() else str(e)
+                raise ConfigError(
+                    f"invalid config from {source}: {'.'.join(path)}={value!r}: {msg} "
+                    f"(overridden by {winner}, but a bad value is an error wherever it comes from)"
+                ) from e
+
+
 def resolve_config(model: type[M], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> M:
     """The config for a command: its YAML, ``--set`` values, per-field flags, then ``extra``."""
-    over = parse_set_items(getattr(args, "set", []) or [])
-    for k, v in vars(args).items():
-        if k.startswith("cfg__") and v is not None:
-            over[k[5:]] = v
-    if extra:
-        over = deep_merge(over, {k: v for k, v in extra.items() if v is not None})
-    return build_config(model, getattr(args, "config", None), over)
+    sets = parse_set_items(getattr(args, "set", []) or [])
+    flags = flag_values(args)
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    file = getattr(args, "config", None)
+    layers = [("--set", sets), ("the command-line flags", flags), ("the command line", extra)]
+    if file is not None:
+        layers.insert(0, (str(file), load_yaml(file)))
+    check_overridden(model, layers)
+    over = deep_merge(deep_merge(sets, flags), extra)
+    return build_config(model, file, over)

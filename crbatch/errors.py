@@ -7,6 +7,8 @@ Batch schedulers act on exit codes, so the codes separate "do not retry, the inp
 
 from __future__ import annotations
 
+import errno as _errno
+import re
 from enum import IntEnum
 
 
@@ -19,6 +21,7 @@ class ExitCode(IntEnum):
     INPUT_CORRUPT = 11  # unreadable, truncated or not the format it claims
     INPUT_SCHEMA = 12  # readable, but the wrong schema (missing tree/branch, other schema version)
     INPUT_EMPTY = 13  # nothing to work on where something is required (e.g. a class with no jets)
+    OUTPUT_UNWRITABLE = 14  # the output location is read-only or not writable by this user
     TRAINING_DIVERGED = 15  # a non-finite loss or weight: the run stopped before writing the epoch
     LOCKED = 16  # another live process holds the output's lock (a second trainer on one run directory)
     TRANSIENT = 20  # I/O or resource error that may pass (network storage, disk full): retry
@@ -28,7 +31,7 @@ class ExitCode(IntEnum):
 
 DO_NOT_RETRY = frozenset(
     {ExitCode.USAGE, ExitCode.CONFIG, ExitCode.INPUT_MISSING, ExitCode.INPUT_CORRUPT, ExitCode.INPUT_SCHEMA,
-     ExitCode.INPUT_EMPTY, ExitCode.TRAINING_DIVERGED}
+     ExitCode.INPUT_EMPTY, ExitCode.OUTPUT_UNWRITABLE, ExitCode.TRAINING_DIVERGED}
 )  # fmt: skip
 
 EXIT_CODE_HELP = {
@@ -40,10 +43,11 @@ EXIT_CODE_HELP = {
     ExitCode.INPUT_CORRUPT: "input unreadable, truncated or corrupt — do not retry",
     ExitCode.INPUT_SCHEMA: "input has the wrong schema (missing tree/branch, other version) — do not retry",
     ExitCode.INPUT_EMPTY: "input has nothing to work on where something is required — do not retry",
+    ExitCode.OUTPUT_UNWRITABLE: "output location read-only or not writable — do not retry (fix it or choose another)",
     ExitCode.TRAINING_DIVERGED: "training diverged (non-finite loss or weights); the epoch was not written "
     "— do not retry: lower the learning rate or check the inputs",
     ExitCode.LOCKED: "another process is writing this output (lock held) — retry later (with a delay)",
-    ExitCode.TRANSIENT: "transient I/O or resource error — retry",
+    ExitCode.TRANSIENT: "transient I/O or resource error (disk full, network storage) — retry",
     ExitCode.INTERRUPTED: "interrupted by a signal before finishing; nothing written — retry",
     ExitCode.CHECKPOINTED: "checkpoint written on SIGTERM — resubmit to continue",
 }
@@ -90,6 +94,54 @@ class TrainingDiverged(CrbatchError):
 
 class Locked(CrbatchError):
     code = ExitCode.LOCKED
+
+
+class OutputUnwritable(CrbatchError):
+    code = ExitCode.OUTPUT_UNWRITABLE
+
+
+# --- Errors while writing: one classifier for every output ---------------------------------------
+
+DISK_FULL_ERRNO = frozenset({_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG})
+UNWRITABLE_ERRNO = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM})
+IO_ERRNO = frozenset({_errno.EIO, _errno.ETIMEDOUT, _errno.ESTALE, _errno.ECONNRESET, _errno.EAGAIN,
+                      _errno.ENETUNREACH, _errno.EHOSTUNREACH})  # fmt: skip
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def error_errno(e: BaseException) -> int | None:
+    """The errno behind ``e``: ``OSError.errno``, or the one HDF5 puts in its message (h5py raises
+    some write failures as RuntimeError with ``errno = 28`` in the text)."""
+    n = getattr(e, "errno", None)
+    if isinstance(n, int):
+        return n
+    m = _H5_ERRNO.search(str(e))
+    return int(m.group(1)) if m else None
+
+
+def classify_write_error(target: object, e: BaseException) -> CrbatchError | None:
+    """The user-facing error for ``e`` raised while writing ``target``, or None if ``e`` is not a
+    write error this classifier knows (the caller re-raises it unchanged).
+
+    Disk full / quota → :class:`Transient` (20, retry: another node or a later attempt may have
+    space); read-only or permission denied → :class:`OutputUnwritable` (14, a retry cannot help).
+    """
+    if isinstance(e, CrbatchError):
+        return e
+    n = error_errno(e)
+    if n is None:
+        return None
+    what = _errno.errorcode.get(n, str(n))
+    if n in DISK_FULL_ERRNO:
+        return Transient(f"{target}: no space left on the device or quota exceeded ({what}) while writing; "
+                         "nothing was left half-written; free space and retry")  # fmt: skip
+    if n in UNWRITABLE_ERRNO:
+        how = "read-only file system" if n == _errno.EROFS else "permission denied"
+        return OutputUnwritable(f"{target}: cannot write here ({how}, {what}); nothing was written; make the "
+                                "location writable or choose another output — a retry cannot help")  # fmt: skip
+    if n in IO_ERRNO:
+        return Transient(f"{target}: I/O error while writing ({what}); nothing was left half-written; retry")
+    return None
 
 
 def worst(codes: list[ExitCode]) -> ExitCode:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator, Mapping
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # Bump when a reader written for the old layout would misread the new one.
 SCHEMA_VERSION = 1
@@ -192,6 +196,7 @@ class TableWriter:
             )
 
     def append(self, tables: Mapping[str, np.ndarray]) -> None:
+        raise_write_error(self.f)  # a full disk: stop now, not after converting the rest of the file
         k = len(tables["jets"])
         if k == 0:
             return
@@ -214,42 +219,81 @@ def atomic_output(final: Path) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``final`` is untouched, so a reader never
     sees half a file. Two writers of the same ``final`` both produce complete files and the last
-    rename wins.
+    rename wins. A write error (disk full, read-only or forbidden location) becomes the
+    :func:`crbatch.errors.classify_write_error` error naming ``final``; the clean-up never replaces
+    the original error (on a read-only file system even removing a file that is not there fails).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(final)
+    from .errors import CrbatchError, classify_write_error
+
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path_for(final)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+        tmp = None
         with contextlib.suppress(OSError):  # directory fsync makes the rename durable; not all FS allow it
             dfd = os.open(final.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+    except (OSError, RuntimeError) as e:
+        err = None if isinstance(e, CrbatchError) else classify_write_error(final, e)
+        if err is None:
+            raise
+        raise err from e
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            _discard(tmp)
 
 
-def remove_stale_tmp(directory: Path, final_name: str) -> int:
-    """Delete temporaries of ``final_name`` left by dead processes on this host. Returns the count."""
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file; errors are logged, never raised (they would hide the real one)."""
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.debug("could not remove %s: %s", tmp, e)
+
+
+def remove_stale_tmp(directory: Path, final_name: str | None = None) -> int:
+    """Delete temporaries left by dead processes on this host: those of ``final_name``, or (None)
+    every ``*.crbatch-tmp`` file in ``directory``. Returns the count. Called when the command that
+    owns the outputs starts, so a kill -9 or a crash leaves nothing behind for long."""
     host = socket.gethostname()
     removed = 0
-    for p in directory.glob(f".{final_name}.*{TMP_MARK}"):
-        parts = p.name[len(final_name) + 2 : -len(TMP_MARK)].split(".")
-        if len(parts) < 3 or ".".join(parts[:-2]) != host:
+    try:
+        candidates = list(directory.glob(f".{final_name}.*{TMP_MARK}" if final_name else f".*{TMP_MARK}"))
+    except OSError:
+        return 0
+    for p in candidates:
+        # .<final>.<host>.<pid>.<rand>.crbatch-tmp; the final name and the host may contain dots.
+        parts = p.name[: -len(TMP_MARK)].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
             continue
-        try:
-            pid = int(parts[-2])
-        except ValueError:
+        head = parts[0]
+        name = final_name if final_name else None
+        if name is not None:
+            if not head.startswith(f".{name}.") or head[len(name) + 2 :] != host:
+                continue
+        elif not head.endswith(f".{host}"):
             continue
-        if not pid_alive(pid):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        if not pid_alive(int(parts[1])):
+            try:
+                if p.is_dir() and not p.is_symlink():  # e.g. the folder a .keras model is saved through
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed += 1
+                log.info("removed %s, left by a dead process", p)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.debug("could not remove %s: %s", p, e)
     return removed
 
 
@@ -264,6 +308,260 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# --- Writing HDF5 outputs --------------------------------------------------------------------------
+
+
+class _Sink:
+    """The file object HDF5 writes through (h5py's ``fileobj`` driver): positioned reads and writes
+    on one descriptor. After the first write error (disk full, quota, I/O error) it records the
+    error and drops every later write as if it had succeeded, so the HDF5 library never sees a
+    failure: HDF5 cannot recover from one (a failed flush inside a dataset's close is ignored by
+    h5py, the next close fails again, the original error is replaced, and the process segfaults in
+    the library's clean-up). :func:`h5_output` raises the recorded error instead."""
+
+    def __init__(self, path: Path, mode: str):
+        flags = {"w": os.O_RDWR | os.O_CREAT | os.O_TRUNC, "x": os.O_RDWR | os.O_CREAT | os.O_EXCL}.get(mode, os.O_RDWR)
+        self.path = Path(path)
+        self.fd = os.open(path, flags, 0o666)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def readinto(self, b: Any) -> int:
+        n = os.preadv(self.fd, [b], self.pos)
+        self.pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, os.fstat(self.fd).st_size - self.pos)
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def write(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        n = len(mv)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self.fd, mv[done:], self.pos + done)
+            except OSError as e:
+                self.error = e
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: None}[whence]
+        self.pos = (os.fstat(self.fd).st_size if base is None else base) + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self.error = e
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@contextlib.contextmanager
+def h5_output(path: Path, mode: str = "w", **kw: Any) -> Iterator[Any]:
+    """An ``h5py.File`` for writing ``path`` (a temporary of :func:`atomic_output`) that fails cleanly:
+    a write error (disk full, ...) is raised once, as the original ``OSError``, after the file is
+    closed — never a second error from HDF5's close, never a crash (see :class:`_Sink`). Long
+    writers call :func:`raise_write_error` to stop early instead of computing into a doomed file."""
+    import h5py
+
+    sink = _Sink(path, mode)
+    try:
+        f = h5py.File(sink, mode if mode != "x" else "w", **kw)
+    except BaseException:
+        sink.close()
+        raise
+    _SINKS[id(f.id)] = sink
+    try:
+        try:
+            yield f
+            f.flush()
+        except BaseException as e:
+            _close_quietly(f)
+            if sink.error is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise sink.error from e  # the write error is the cause of whatever followed it
+            raise
+        f.close()
+    finally:
+        _SINKS.pop(id(f.id), None)
+        sink.close()
+    if sink.error is not None:
+        raise sink.error
+
+
+_SINKS: dict[int, _Sink] = {}
+
+
+def _sink_of(f: Any) -> _Sink | None:
+    return _SINKS.get(id(f.id))
+
+
+def raise_write_error(f: Any) -> None:
+    """Raise the write error already met on ``f`` (an :func:`h5_output` file), if any."""
+    sink = _sink_of(f)
+    if sink is not None and sink.error is not None:
+        raise sink.error
+
+
+def _close_quietly(f: Any) -> None:
+    try:
+        f.close()
+    except Exception as e:  # the original error matters, not this one
+        log.debug("closing an abandoned HDF5 file: %s", e)
+
+
+# --- Content checksums -----------------------------------------------------------------------------
+#
+# Every dataset of a crbatch HDF5 output carries the checksum of its stored bytes (the compressed
+# chunks as they are on disk, with the dtype, shape and the dataset's attributes), and the file one
+# checksum over its attributes and all dataset checksums. Verifying reads the file once and
+# decompresses nothing; any changed byte of data or attributes, a truncated or a missing dataset
+# makes the file "damaged", which every reader refuses and every producer redoes.
+
+A_CHECKSUM = "checksum"  # on each dataset and on the file: "xxh3-64:<16 hex digits>"
+CHECKSUM_ALGO = "xxh3-64"
+_READ_PIECE = 4 * 2**20
+
+
+def _value_bytes(v: Any) -> bytes:
+    """A canonical byte form of an attribute value as h5py returns it."""
+    if isinstance(v, bytes):
+        return b"b" + v
+    if isinstance(v, str):
+        return b"s" + v.encode("utf-8", "surrogatepass")
+    a = np.asarray(v)
+    if a.dtype.kind == "O":
+        return b"o" + repr(a.tolist()).encode()
+    return a.dtype.str.encode() + repr(a.shape).encode() + a.tobytes()
+
+
+def _hash_attrs(h: Any, attrs: Any) -> None:
+    for k in sorted(attrs.keys()):
+        if k in (A_CHECKSUM, A_COMPLETE):
+            continue
+        v = _value_bytes(attrs[k])
+        h.update(k.encode() + b"\0" + len(v).to_bytes(8, "little"))
+        h.update(v)
+
+
+def _datasets(f: Any) -> list[tuple[str, Any]]:
+    import h5py
+
+    out: list[tuple[str, Any]] = []
+    f.visititems(lambda name, obj: out.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(out, key=lambda t: t[0])
+
+
+def _pread(fd: int, size: int, offset: int, h: Any) -> None:
+    pos = 0
+    while pos < size:
+        piece = os.pread(fd, min(_READ_PIECE, size - pos), offset + pos)
+        if not piece:
+            raise DamagedError(f"stored data ends {size - pos} bytes early (truncated file)")
+        h.update(piece)
+        pos += len(piece)
+
+
+def dataset_checksum(ds: Any, fd: int) -> str:
+    """Checksum of one dataset's stored bytes (read through ``fd``, the file opened for reading)."""
+    import h5py
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    h.update(repr((ds.dtype.descr, ds.shape)).encode())
+    _hash_attrs(h, ds.attrs)
+    layout = ds.id.get_create_plist().get_layout()
+    vlen = ds.dtype.kind == "O" or h5py.check_vlen_dtype(ds.dtype) is not None
+    if vlen or layout == h5py.h5d.COMPACT:  # values stored elsewhere (heap) or in the header: hash them
+        h.update(_value_bytes(ds[()]))
+    elif layout == h5py.h5d.CHUNKED:
+        chunks: list[tuple[tuple[int, ...], int, int, int]] = []
+        if hasattr(ds.id, "chunk_iter"):
+            ds.id.chunk_iter(lambda c: chunks.append((c.chunk_offset, c.filter_mask, c.byte_offset, c.size)))
+        else:  # HDF5 < 1.14
+            for i in range(ds.id.get_num_chunks()):
+                c = ds.id.get_chunk_info(i)
+                chunks.append((c.chunk_offset, c.filter_mask, c.byte_offset, c.size))
+        for offset, mask, addr, size in sorted(chunks):
+            h.update(repr((offset, mask, size)).encode())
+            _pread(fd, size, addr, h)
+    else:
+        addr = ds.id.get_offset()
+        if addr is not None:
+            _pread(fd, ds.id.get_storage_size(), addr, h)
+    return f"{CHECKSUM_ALGO}:{h.hexdigest()}"
+
+
+def _file_checksum(f: Any, sums: list[tuple[str, str]]) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    _hash_attrs(h, f.attrs)
+    for name, c in sums:
+        h.update(f"{name}\0{c}\0".encode())
+    return f"{CHECKSUM_ALGO}:{h.hexdigest()}"
+
+
+def mark_complete(f: Any) -> None:
+    """Seal an output HDF5 file opened for writing: store the checksum of every dataset and of the
+    file's attributes, then the completion mark (last: a file without it is accepted by no reader).
+    Call it once everything else is written; nothing may change the file afterwards."""
+    f.flush()
+    raise_write_error(f)
+    sink = _sink_of(f)
+    with open(sink.path if sink is not None else f.filename, "rb") as fh:
+        sums = [(name, dataset_checksum(ds, fh.fileno())) for name, ds in _datasets(f)]
+    for name, c in sums:
+        f[name].attrs[A_CHECKSUM] = c
+    f.attrs[A_CHECKSUM] = _file_checksum(f, sums)
+    f.attrs[A_COMPLETE] = True
+
+
+def verify_content(f: Any) -> None:
+    """Raise :class:`DamagedError` unless every dataset and the attributes of the open file ``f``
+    match the checksums stored by :func:`mark_complete` (:class:`NotAcceptedError` if it has none)."""
+    want = f.attrs.get(A_CHECKSUM)
+    if want is None:
+        raise NotAcceptedError("no content checksum (written by an older crbatch); rerun the step that writes it")
+    if isinstance(want, bytes):
+        want = want.decode()
+    if not str(want).startswith(CHECKSUM_ALGO + ":"):
+        raise NotAcceptedError(f"unknown checksum {want!r}; this crbatch checks {CHECKSUM_ALGO}")
+    sums = []
+    with open(f.filename, "rb") as fh:
+        for name, ds in _datasets(f):
+            stored = ds.attrs.get(A_CHECKSUM)
+            try:
+                got = dataset_checksum(ds, fh.fileno())
+            except DamagedError as e:
+                raise DamagedError(f"dataset {name!r}: {e}") from e
+            if stored is None or (stored.decode() if isinstance(stored, bytes) else stored) != got:
+                raise DamagedError(f"dataset {name!r} does not match its checksum: the file was changed or "
+                                   "damaged after it was written")  # fmt: skip
+            sums.append((name, got))
+    if _file_checksum(f, sums) != want:
+        raise DamagedError("its attributes or list of datasets do not match the checksum: the file was changed "
+                           "or damaged after it was written")  # fmt: skip
+
+
 class NotAcceptedError(Exception):
     """A file that exists but is not a complete file of the current schema."""
 
@@ -272,15 +570,46 @@ class UnreadableError(NotAcceptedError):
     """Not a readable HDF5 file at all (truncated, corrupt, something else)."""
 
 
-def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
-    """Return the attributes of a complete crbatch file, or raise :class:`NotAcceptedError`."""
+class DamagedError(UnreadableError):
+    """A complete file whose content no longer matches its checksums."""
+
+
+def check_complete(path: Path, kind: str | None = None, verify: bool = True) -> dict[str, Any]:
+    """Return the attributes of a complete crbatch file, or raise :class:`NotAcceptedError`.
+
+    ``verify`` (the default) also checks the content checksums (:func:`verify_content`): about one
+    read of the file, no decompression (bench/RESULTS.md, "Checksums").
+    """
     import h5py
+
+    from .inputs import describe_file
 
     try:
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
-    except (OSError, ValueError) as e:
-        raise UnreadableError(f"{path}: not a readable HDF5 file ({e})") from e
+            _check_attrs(path, attrs, kind)
+            if verify:
+                try:
+                    verify_content(f)
+                except NotAcceptedError as e:
+                    raise type(e)(f"{path}: {e}") from e
+                except (OSError, ValueError, RuntimeError, KeyError) as e:  # HDF5 structures behind the data
+                    raise DamagedError(f"{path}: damaged: reading its stored data failed ({_first_line(e)})") from e
+    except NotAcceptedError:
+        raise
+    except FileNotFoundError as e:
+        raise UnreadableError(f"{path}: no such file") from e
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise UnreadableError(f"{path}: not a readable HDF5 file: {describe_file(path, e)}") from e
+    return attrs
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_attrs(path: Path, attrs: dict[str, Any], kind: str | None) -> None:
     if attrs.get(A_PRODUCER) != "crbatch":
         raise NotAcceptedError(f"{path}: not written by crbatch")
     if not attrs.get(A_COMPLETE):
@@ -292,24 +621,27 @@ def check_complete(path: Path, kind: str | None = None) -> dict[str, Any]:
         )
     if kind is not None and attrs.get(A_KIND) != kind:
         raise NotAcceptedError(f"{path}: is a {attrs.get(A_KIND)!r} file, expected {kind!r}")
-    return attrs
 
 
 def check_input(path: Path, kind: str | None = None) -> dict[str, Any]:
-    """:func:`check_complete` for a stage's input file: exit 11 if unreadable, 12 if otherwise not accepted."""
+    """:func:`check_complete` for a stage's input file: exit 11 if unreadable or damaged, 12 if
+    otherwise not accepted."""
     from .errors import InputCorrupt, InputSchema
 
     try:
         return check_complete(path, kind)
+    except DamagedError as e:
+        raise InputCorrupt(f"{e}; recopy it or rerun the step that writes it") from e
     except UnreadableError as e:
         raise InputCorrupt(str(e)) from e
     except NotAcceptedError as e:
         raise InputSchema(str(e)) from e
 
 
-def is_complete(path: Path, kind: str | None = None) -> bool:
+def is_complete(path: Path, kind: str | None = None, verify: bool = True) -> bool:
+    """Whether ``path`` is a complete crbatch file (of ``kind``) whose content matches its checksums."""
     try:
-        check_complete(path, kind)
+        check_complete(path, kind, verify)
     except NotAcceptedError:
         return False
     return True

@@ -613,17 +613,26 @@ def h5_source(where: RemotePath | Path) -> Iterator[Any]:
 
 
 def check_complete(where: RemotePath | Path, kind: str | None = None) -> dict[str, Any]:
-    """:func:`crbatch.schema.check_complete` of a local or remote file (the remote one is read in
-    place through XRootD, only the parts the check reads)."""
+    """:func:`crbatch.schema.check_complete` of a local or remote file, content checksums included.
+
+    The remote file is copied to a temporary local file and checked there: the checksum verification
+    reads every stored byte anyway, and it reads them through a real file."""
+    import tempfile
+
     from . import schema
 
     if not isinstance(where, RemotePath):
         return schema.check_complete(where, kind)
-    try:
-        with h5_source(where) as src:
-            return schema.check_complete(src, kind)
-    except FileNotFoundError as e:
-        raise schema.UnreadableError(f"{where}: no such file") from e
+    with tempfile.TemporaryDirectory(prefix="crbatch-check.") as tmp:
+        local = Path(tmp) / where.name
+        try:
+            get(where, local)
+        except FileNotFoundError as e:
+            raise schema.UnreadableError(f"{where}: no such file") from e
+        try:
+            return schema.check_complete(local, kind)
+        except schema.NotAcceptedError as e:
+            raise type(e)(str(e).replace(str(local), str(where))) from e
 
 
 def is_complete(where: RemotePath | Path, kind: str | None = None) -> bool:

@@ -8,7 +8,7 @@
 #
 # Exit codes the scheduler sees (docs/batch.md; crbatch/batch/codes.py is the same table):
 #   crbatch 0                    -> 0   success (also: output already complete)
-#   crbatch 2 3 10 11 12 13 15   -> 65  do not retry (bad command line/config/input, training diverged)
+#   crbatch 2 3 10 11 12 13 14 15 -> 65 do not retry (bad command line/config/input, unwritable output, training diverged): RETRY ... UNLESS-EXIT 65
 #   crbatch 85                   -> 85  checkpoint written on SIGTERM: restart / requeue to continue
 #   crbatch 1 20 21              -> same: retry (internal error, transient I/O, interrupted)
 #   crbatch 16                   -> 16  output locked by another live process: retry, after
@@ -44,7 +44,7 @@ crb_map_exit() {
   case "$1" in
     0) echo 0 ;;
     85) echo "$CRB_CHECKPOINT" ;;
-    2 | 3 | 10 | 11 | 12 | 13 | 15) echo "$CRB_DO_NOT_RETRY" ;;
+    2 | 3 | 10 | 11 | 12 | 13 | 14 | 15) echo "$CRB_DO_NOT_RETRY" ;;
     *) if [ "$1" -gt 128 ]; then echo "$CRB_KILLED"; else echo "$1"; fi ;;
   esac
 }

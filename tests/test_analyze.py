@@ -251,31 +251,88 @@ def two_runs(tmp_path_factory):
     return base, root
 
 
+def md_tables(md: str) -> list[list[dict[str, str]]]:
+    """The markdown tables of a report.md as lists of {column: cell text}."""
+    tables, rows, head = [], [], None
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|") and line.endswith("|"):
+            cells = [c.strip().replace("\\|", "|") for c in line[1:-1].split(" | ")]
+            if head is None:
+                head = cells
+            elif not set(line) <= set("|-: "):
+                rows.append(dict(zip(head, cells, strict=False)))
+            continue
+        if head is not None:
+            tables.append(rows)
+        rows, head = [], None
+    return tables
+
+
+def check_numbers_match_metrics(rep: Path) -> int:
+    """Every rejection-table and comparison number of report.md equals metrics.json's (as formatted)."""
+    from crbatch.evaluate.analyze_report import PCT, fmt
+    from crbatch.evaluate.analyze_results import point_label, read_metrics
+
+    doc = read_metrics(rep / "metrics.json")
+    tables = md_tables((rep / "report.md").read_text())
+    rej_rows = [r for t in tables for r in t if "rej. low" in r]
+    n = 0
+    for sec in doc.runs:
+        models = [m for m in (sec.main, *sec.baselines) if m is not None]
+        for m in models:
+            for w in m.working_points:
+                (row,) = [r for r in rej_rows if r["model"] == m.model.label and r["background"] == w.background
+                          and r["mass point"] == point_label(w.mass_point) and r["ε_S target"] == PCT(w.target)]  # fmt: skip
+                want = {"AUC": w.auc, "cut p_signal ≥": w.cut, "ε_S": w.signal_eff.value, "ε_S low": w.signal_eff.low,
+                        "ε_S high": w.signal_eff.high, "rejection": w.rejection.value, "rej. low": w.rejection.low,
+                        "rej. high": w.rejection.high, "signal jets": w.n_sig, "background jets": w.n_bkg}  # fmt: skip
+                for col, v in want.items():
+                    assert row[col] == fmt(v), (m.model.label, w, col, row[col], v)
+                    n += 1
+        ks_rows = [r for t in tables for r in t if "selection" in r and "K-S" in r]
+        for m in models:
+            for k in m.data_mc_ks:
+                (row,) = [r for r in ks_rows if r["model"] == m.model.label and r["output"] == k.output
+                          and r["selection"] == k.selection]  # fmt: skip
+                assert (row["K-S"], row["p-value"]) == (fmt(k.ks), fmt(k.pvalue))
+                n += 2
+    return n
+
+
 @pytest.mark.slow
 def test_report_of_two_runs(two_runs):
     base, root = two_runs
     out = base / "reports"
-    assert analyze("m/0", "m/-1/0", "--base", root, "--output-dir", out) == 0
+    assert analyze("m/0", "m/-1/0", "--base", root, "--output-dir", out, "--no-pdf") == 0
     rep = out / "m"
     md = (rep / "report.md").read_text()
     srcs = check_html_images(rep)
     for section in ("## Runs", "## Training history", "## Best epochs", "## Test split: run comparison",
-                    "Best K-S sum", "Best combined score", "rej@0.5", "max S/√B", "## Configurations",
-                    "Parameters that differ", "lr_values", "K-S all"):  # fmt: skip
+                    "Best K-S sum", "Best combined score", "Rejection table", "rej. low", "max S/√B",
+                    "## Configurations", "Parameters that differ", "lr_values", "overtraining check",
+                    "mH = 125 GeV, mS = 55 GeV", "the exported model", "metrics.json"):  # fmt: skip
         assert section in md, section
-    assert "Reject" not in md  # no meaningless reject label
-    # one ROC file per mass point and per run: nothing is overwritten
+    assert "Reject:" not in md and "Reject " not in md  # no meaningless reject label
+    # one ROC file per background and mass point and per run: nothing is overwritten
     for run in ("m_00000", "m_00001"):
-        for f in ("roc_all", "roc_mH125_mS55", "roc_mH600_mS275", "eff_argmax", "eff_wp", "sob", "sob_per_mH",
-                  "scores_sig", "cr_sig"):  # fmt: skip
+        for f in ("roc_QCD_all", "roc_BIB_all", "roc_QCD_mH125_mS55", "roc_BIB_mH600_mS275", "eff_argmax",
+                  "eff_wp", "sob", "sob_per_mH", "scores_sig", "cr_sig", "overtraining_sig", "eff_llp_Lxy_all",
+                  "eff_llp_Lz_mH125_mS55", "eff_pt_all", "eff_eta_all", "rej_QCD_pt", "rej_BIB_eta"):  # fmt: skip
             assert f"{run}_{f}.png" in srcs, f"{run}_{f}"
     assert "compare_roc_QCD.png" in srcs and "history_val_original_lossf.png" in srcs
+    assert not list(rep.glob("*.pdf"))  # --no-pdf
     # no empty mH=0 scan
-    assert "mH=0 " not in md and "mH=0|" not in md.replace(" ", "")
+    assert "mH = 0 " not in md and "mH=0" not in md
     # the chosen epoch of m/1 was given in the spec
     assert "given in the run spec" in md
     # the resolved configs as YAML blocks
     assert md.count("```yaml") == 2 and "<pre><code>" in (rep / "index.html").read_text()
+    # every number of the rejection and K-S tables is metrics.json's
+    assert check_numbers_match_metrics(rep) > 100
+    # the choice is recorded in each run for `crbatch export NAME/RUN/best`
+    for r, e in (("00000", 1), ("00001", 0)):
+        ch = json.loads((root / "m" / r / "choice.json").read_text())
+        assert ch["epoch"] == e and ch["metrics"] == str(rep / "metrics.json")
     if CHROMIUM:
         render_in_chromium(rep, base)
 
@@ -289,13 +346,16 @@ def test_report_without_bib_and_without_control_region(tmp_path):
     root = tmp_path / "tr"
     _make_run(root, "nobib", 0, ds, HIST2)
     out = tmp_path / "rep"
-    assert analyze("nobib/0", "--base", root, "--output-dir", out, "--name", "x") == 0
+    assert analyze("nobib/0", "--base", root, "--output-dir", out, "--name", "x", "--no-pdf",
+                   "--overtraining-jets", "0") == 0  # fmt: skip
     md = (out / "x" / "report.md").read_text()
     check_html_images(out / "x")
     assert "no BIB jets in the test split" in md
     assert "S/√B (BIB only): no such background jets" in md
-    assert "No control-region test split" in md
-    assert "| all mass points | QCD |" in md and "| all mass points | BIB |" not in md
+    assert "No control-region test split" in md and "no overtraining check" not in md
+    rows = [r for t in md_tables(md) for r in t if "rej. low" in r]
+    assert {r["background"] for r in rows} == {"QCD"}
+    check_numbers_match_metrics(out / "x")
 
 
 def test_errors_and_exit_codes(two_runs, tmp_path):
@@ -323,7 +383,9 @@ def test_history_only_report(two_runs, tmp_path):
 # --- metrics and report from made-up scores (no model) ------------------------------------------------
 
 
-def _split(n: int = 600, classes=(0, 1, 2), seed: int = 0) -> A.SplitScores:
+def _split(n: int = 600, classes=(0, 1, 2), seed: int = 0):
+    from crbatch.evaluate.analyze_split import KINEMATICS, SplitScores
+
     rng = np.random.default_rng(seed)
     label = rng.choice(np.array(classes, np.int8), n)
     logits = rng.normal(size=(n, 3))
@@ -332,40 +394,93 @@ def _split(n: int = 600, classes=(0, 1, 2), seed: int = 0) -> A.SplitScores:
     sig = label == 1
     mh = np.where(sig, rng.choice([125.0, 600.0], n), 0.0)
     ms = np.where(sig, np.where(mh == 125.0, 55.0, 275.0), 0.0)
-    return A.SplitScores(p.astype(np.float32), label, rng.uniform(0.5, 1.5, n), mh, ms, None)
+    jets = {k: np.zeros(n, np.float32) for k in KINEMATICS}
+    jets.update(llp_mH=mh, llp_mS=ms, pt=rng.uniform(40, 400, n), eta=rng.uniform(-2.5, 2.5, n),
+                llp_eta=np.where(sig, rng.normal(0, 1.3, n), 0), llp_Lxy=np.where(sig, rng.uniform(1200, 4000, n), 0),
+                llp_Lz=np.where(sig, rng.uniform(-6000, 6000, n), 0))  # fmt: skip
+    return SplitScores("made-up", {"run:x": p.astype(np.float32)}, label, rng.uniform(0.5, 1.5, n), jets, "d",
+                       {"run:x": "d"})  # fmt: skip
+
+
+def _metrics(ts):
+    from crbatch.evaluate.analyze_compute import Settings, binning, model_metrics
+    from crbatch.evaluate.analyze_results import ModelRef
+
+    ref = ModelRef(key="run:x", label="x e0", role="run", kind="run", spec="x/0")
+    s = Settings()
+    return model_metrics(ref, ts, None, None, s, binning(ts, None, s))
 
 
 def test_metrics_of_a_split_with_every_class():
-    ev = A.compute_metrics(_split(), A.AnalyzeConfig(runs=["x/0"]))
+    ev = _metrics(_split())
     assert not ev.notes
-    assert set(ev.rocs) == {(b, p) for b in (0, 2) for p in (None, (125.0, 55.0), (600.0, 275.0))}
-    assert all(0.5 < r.auc <= 1 for r in ev.rocs.values())
-    assert [s.label for s in ev.scans] == ["all backgrounds", "QCD only", "BIB only"]
-    assert [s.label for s in ev.mh_scans] == ["mH=125", "mH=600"]  # no mH=0
-    assert len(ev.wp_rows) == 6 and {"rej@0.3", "rej@0.9", "AUC"} <= set(ev.wp_rows[0])
-    assert 0 < ev.wp_threshold < 1 and len(ev.eff_wp) == len(ev.eff_argmax) == 2
+    pts = {(r.background, None if r.mass_point is None else (r.mass_point.mH, r.mass_point.mS)) for r in ev.rocs}
+    assert pts == {(b, p) for b in ("QCD", "BIB") for p in (None, (125.0, 55.0), (600.0, 275.0))}
+    assert all(0.5 < r.auc <= 1 for r in ev.rocs)
+    assert [s.label for s in ev.scans] == ["all backgrounds", "QCD only", "BIB only", "mH = 125 GeV", "mH = 600 GeV"]
+    assert len(ev.working_points) == 6 * 4  # (2 backgrounds × 3 samples) × 4 efficiencies
+    for w in ev.working_points:  # intervals contain the value; the reached efficiency is at least the target
+        assert w.signal_eff.low <= w.signal_eff.value <= w.signal_eff.high and w.signal_eff.value >= w.target - 1e-9
+        assert w.rejection.low <= w.rejection.value <= w.rejection.high
+    assert 0 < ev.map_cut < 1 and len(ev.mass_efficiency) == 2
+    # efficiency vs Lxy (barrel), |Lz| (end-caps), pT, η for all and each mass point at 4 working points
+    assert {(b.variable, b.region) for b in ev.efficiency} == {("llp_Lxy", "barrel"), ("llp_Lz", "endcap"),
+                                                                ("pt", "all"), ("eta", "all")}  # fmt: skip
+    assert len(ev.efficiency) == 4 * 3 * 4 and len(ev.rejection) == 2 * 2 * 4
+    for b in ev.efficiency + ev.rejection:
+        v, lo, hi = (np.asarray(x) for x in (b.value, b.low, b.high))
+        ok = np.isfinite(v) & np.isfinite(hi)
+        assert np.all(lo[ok] <= v[ok] + 1e-12) and np.all(v[ok] <= hi[ok] + 1e-12)
 
 
 @pytest.mark.parametrize(
     ("classes", "note"), [((0, 1), "no BIB jets"), ((1, 2), "no QCD jets"), ((0, 2), "no signal jets")]
 )
 def test_metrics_with_a_missing_class(classes, note):
-    ev = A.compute_metrics(_split(classes=classes), A.AnalyzeConfig(runs=["x/0"]))
+    ev = _metrics(_split(classes=classes))
     assert any(note in n for n in ev.notes)
     if 1 not in classes:
-        assert not ev.rocs and not ev.scans and not ev.eff_argmax
+        assert not ev.rocs and not ev.scans and not ev.mass_efficiency and not ev.efficiency
     else:
-        missing = ({0, 2} - set(classes)).pop()
-        assert all(b != missing for b, _ in ev.rocs) and ev.scans
+        missing = {0: "QCD", 2: "BIB"}[({0, 2} - set(classes)).pop()]
+        assert all(r.background != missing for r in ev.rocs) and ev.scans
+
+
+def test_metrics_json_round_trip_keeps_infinities(tmp_path):
+    from crbatch.evaluate.analyze_results import ChoiceInfo, MetricsDoc, RunSection, read_metrics, write_text
+
+    ev = _metrics(_split(n=80, seed=3))  # small: some rejections are infinite (no background passes)
+    sec = RunSection(label="x/0", run_dir="/r", n_epochs=1, saved_epochs=[0], best=[], main=ev,
+                     choice=ChoiceInfo(epoch=0, why="test", criterion="combined"))  # fmt: skip
+    doc = MetricsDoc(crbatch_version="t", created="now", title="t", analysis={}, runs=[sec])
+    (tmp_path / "metrics.json").write_text(write_text(doc))
+    json.loads((tmp_path / "metrics.json").read_text())  # standard JSON: no bare Infinity/NaN
+    back = read_metrics(tmp_path / "metrics.json")
+    assert write_text(back) == write_text(doc)  # (NaN != NaN: compare the serialised documents)
+    rej = [w.rejection.value for w in back.runs[0].main.working_points]
+    assert math.inf in rej and all(isinstance(v, float) for v in rej)
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "crbatch-metrics", "format_version": 99}))
+    with pytest.raises(Exception, match="format 99"):
+        read_metrics(tmp_path / "bad.json")
 
 
 def test_report_from_made_up_scores_without_qcd(tmp_path):
-    info = _info(HIST)
-    info.config = {"model_name": "m", "lr_values": 0.1}
-    ts = _split(classes=(1, 2))
-    cfg = A.AnalyzeConfig(runs=["m/0"])
-    r = A.RunResult(info, 4, "test", ts, A.compute_metrics(ts, cfg))
-    out = A.write_report([r], cfg, tmp_path / "rep")
+    """The page from typed results alone (no model, no files): a test split without QCD jets."""
+    from crbatch.evaluate.analyze import AnalyzeConfig
+    from crbatch.evaluate.analyze_report import write_report
+    from crbatch.evaluate.analyze_results import ChoiceInfo, MetricsDoc, RunSection, Sample
+
+    ev = _metrics(_split(classes=(1, 2)))
+    sec = RunSection(label="m/0", run_dir="/r/m/00000", n_epochs=5, saved_epochs=[0, 4], best=[], main=ev,
+                     choice=ChoiceInfo(epoch=4, why="test", criterion="combined"), config={"lr_values": 0.1},
+                     sample=Sample(main="made-up", weight="weight_balanced", jets=600, jets_digest="d",
+                                   counts={"signal": 300, "BIB": 300}, sumw={"signal": 300.0, "BIB": 300.0}))  # fmt: skip
+    doc = MetricsDoc(crbatch_version="t", created="now", title="made up", analysis={"criterion": "combined"},
+                     runs=[sec])  # fmt: skip
+    out = write_report(doc, AnalyzeConfig(runs=["m/0"], pdf=False), tmp_path / "rep")
     md = (out / "report.md").read_text()
-    assert "no QCD jets" in md and "| all mass points | BIB |" in md and "No control-region test split" in md
+    assert "no QCD jets" in md and "No control-region test split" in md and "crbatch export m/0/best" in md
+    rows = [r for t in md_tables(md) for r in t if "rej. low" in r]
+    assert rows and {r["background"] for r in rows} == {"BIB"}
     check_html_images(out)
+    check_numbers_match_metrics(out)

@@ -84,19 +84,25 @@ def test_arguments_reach_crbatch_intact(rendered):
     assert entry["path"] == plan.stage("convert")[1].source and entry["path"].endswith("b b.root")
 
 
-def test_analyze_runs_export_after_analyze(rendered):
-    _plan, plan_dir, fake, fake_dir = rendered
+def test_analyze_exports_the_epoch_it_analyses(rendered):
+    """One command: `crbatch analyze` with the export in its config, so the exported epoch is the one
+    the report evaluated (the pipeline used to export epoch -1 in a second command)."""
+    import yaml
+
+    plan, plan_dir, fake, fake_dir = rendered
     assert run_job("analyze.sh", plan_dir, None, job_env(fake, fake_dir)).returncode == 0
-    assert list(fake_dir.glob("call.analyze.*")) and list(fake_dir.glob("call.export.*"))
-    # a failed analysis: no export, failure recorded
-    for f in fake_dir.glob("call.*"):
+    (call,) = fake_dir.glob("call.analyze.*")
+    argv = call.read_bytes().split(b"\0")[:-1]
+    assert [a.decode() for a in argv[:2]] == ["analyze", f"{plan.pipeline.model_name}/{plan.pipeline.train.run}"]
+    assert not list(fake_dir.glob("call.export.*"))
+    cfg = yaml.safe_load((plan_dir / "analyze.yaml").read_text())
+    assert cfg["export_dir"] == str(plan.layout.exports) and cfg["export_format"] == "all"
+    # a failed analysis: failure recorded, nothing else run
+    for f in [*fake_dir.glob("call.*"), *fake_dir.glob("n.*")]:
         f.unlink()
     (fake_dir / "codes.analyze").write_text("12\n")
-    (fake_dir / "codes.export").write_text("0\n")
-    for f in fake_dir.glob("n.*"):
-        f.unlink()
     assert run_job("analyze.sh", plan_dir, None, job_env(fake, fake_dir)).returncode == codes.DO_NOT_RETRY
-    assert not list(fake_dir.glob("call.export.*"))
+    assert len(list(fake_dir.glob("call.*"))) == 1
 
 
 def test_slurm_array_index_and_offset(rendered):

@@ -31,14 +31,17 @@ def crbatch(*args) -> int:
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
-    """`crbatch demo`: synthetic inputs → convert jobs → build → train → analyze + export, locally,
-    ending with the report path; a second submission redoes nothing; status and collect read storage."""
+    """`crbatch demo`: synthetic inputs → convert jobs → build → train (2 epochs) → analyze + export, locally,
+    ending with the report path; the exported epoch is the one the analysis chose and the report's numbers
+    are metrics.json's; a second submission redoes nothing; status and collect read storage."""
+    from test_analyze import check_numbers_match_metrics
+
     pytest.importorskip("keras")
     pytest.importorskip("ROOT")
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         pytest.skip("the ONNX export needs the TensorFlow backend here")
     monkeypatch.chdir(tmp_path)
-    assert crbatch("demo", "--output-dir", "demo", "--scale", "0.15", "--epochs", "1") == 0
+    assert crbatch("demo", "--output-dir", "demo", "--scale", "0.15", "--epochs", "2") == 0
     out = capsys.readouterr().out
     storage = tmp_path / "demo" / "storage"
     report = storage / "reports" / "demo" / "report.md"
@@ -48,9 +51,18 @@ def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     assert len(list((storage / "shards").rglob("*.h5"))) == 5
     assert all(schema.is_complete(p, "shard") for p in (storage / "shards").rglob("*.h5"))
     exports = storage / "exports" / "demo"
-    assert list(exports.glob("*.onnx")) and list(exports.glob("*.fdeep.json"))
     hist = json.loads((storage / "training_results" / "demo" / "00000" / "history.json").read_text())
-    assert hist["epoch"] == [0]
+    assert hist["epoch"] == [0, 1]
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    chosen = metrics["runs"][0]["choice"]["epoch"]
+    # the model that ships is the model in the report (the pipeline used to export epoch -1)
+    stem = f"demo_00000_e{chosen:03d}"
+    assert sorted(p.name for p in exports.iterdir() if not p.name.startswith(".")) == sorted(
+        f"{stem}{s}" for s in (".fdeep.json", ".onnx", ".raw.onnx", ".preprocessing.json")
+    )
+    assert metrics["runs"][0]["export"]["epoch"] == chosen
+    assert json.loads((exports / f"{stem}.preprocessing.json").read_text())["choice"]["epoch"] == chosen
+    assert check_numbers_match_metrics(report.parent) > 50
 
     pipeline = tmp_path / "demo" / "pipeline.yaml"
     attempts = {f.name: read_status_file(f)["attempt"] for f in (storage / "status" / "demo").glob("*.status")}
@@ -63,7 +75,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["complete"] and doc["report"] == str(report)
     train = next(j for j in doc["jobs"] if j["job"] == "train")
-    assert train["state"] == "done" and train["epochs"] == [1, 1]
+    assert train["state"] == "done" and train["epochs"] == [2, 2]
     assert crbatch("collect", storage / "batch" / "demo" / "local", "--output-dir", tmp_path / "got") == 0
     got = tmp_path / "got"
     for f in ("report/report.md", "report/index.html", "training/history.json", "datasets/summary.json", "status.md",

@@ -117,3 +117,28 @@ def test_example_pipeline_is_the_demo(tmp_path):
     (tmp_path / "submit" / "example-pipeline.yaml").write_text((REPO / "submit" / "example-pipeline.yaml").read_text())
     plan = make_plan(load_pipeline(tmp_path / "submit" / "example-pipeline.yaml"))
     assert len(plan.stage("convert")) == 5 and plan.layout.root == tmp_path / "demo" / "storage"
+
+
+def test_analysis_exports_the_epoch_it_analyses(tmp_path):
+    """The analyze job is one `crbatch analyze` whose config exports the chosen epoch (it used to run a
+    second `crbatch export NAME/RUN/-1`: the last epoch, whatever the analysis chose); a fixed epoch is
+    analysed and exported together; baselines reach the analysis, files resolved against the YAML."""
+    from crbatch.batch.plan import task_commands
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "today.onnx").write_bytes(b"x")
+    plan = simple_plan(tmp_path, analyze={"baselines": ["today=models/today.onnx", "ref=reference:models/today.onnx",
+                                                        "other/0"]})  # fmt: skip
+    plan_dir = write_plan(plan, tmp_path / "plan")
+    (task,) = plan.stage("analyze")
+    cmds = task_commands(plan, task, plan_dir, str(plan.layout.run_dir))
+    assert list(cmds) == [""] and cmds[""][:2] == ["analyze", "t/0"]
+    cfg = yaml.safe_load((plan_dir / "analyze.yaml").read_text())
+    assert cfg["export_dir"] == str(plan.layout.exports) and cfg["export_format"] == "all"
+    onnx = str(tmp_path / "models" / "today.onnx")
+    assert cfg["baselines"] == [f"today={onnx}", f"ref=reference:{onnx}", "other/0"]
+    fixed = simple_plan(tmp_path / "f", analyze={"export": {"epoch": 3}})
+    (task,) = fixed.stage("analyze")
+    assert task_commands(fixed, task, tmp_path / "p2", "r")[""][1] == "t/0/3"
+    off = simple_plan(tmp_path / "o", analyze={"export": {"enabled": False}})
+    assert "export_dir" not in write_plan(off, tmp_path / "p3").joinpath("analyze.yaml").read_text()

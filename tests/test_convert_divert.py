@@ -202,7 +202,11 @@ def test_incomplete_output_is_redone_not_skipped(tmp_path):
         f.attrs["schema_version"] = schema.SCHEMA_VERSION
     assert convert(BIB, "--type", "bib", "--output-dir", tmp_path) == 0
     assert schema.is_complete(out, "shard")
-    out.write_bytes(b"\0" * 100)  # a truncated file
+    # 100 zero bytes cannot be told apart from someone else's file: refused and left alone (exit 2).
+    out.write_bytes(b"\0" * 100)
+    assert convert(BIB, "--type", "bib", "--output-dir", tmp_path) == ExitCode.USAGE
+    assert out.read_bytes() == b"\0" * 100
+    out.unlink()
     assert convert(BIB, "--type", "bib", "--output-dir", tmp_path) == 0
     assert schema.is_complete(out, "shard")
 
@@ -299,7 +303,7 @@ def test_bad_inputs_exit_codes_and_run_continues(tmp_path, caplog):
     assert not (out / "truncated.h5").exists()
     assert list(out.iterdir()) == [out / "good.h5"]  # no temporary left behind
     assert convert(notroot, "--type", "bib", "--output-dir", out) == ExitCode.INPUT_CORRUPT
-    assert "not a readable ROOT file" in caplog.text
+    assert "notroot.root: not a ROOT file: a text file of 240 bytes" in caplog.text
     # Wrong schema: a data file converted as MC lacks the MC weight branches.
     assert convert(BIB, "--type", "qcd", "--output-dir", out) == ExitCode.INPUT_SCHEMA
     assert "mcEventWeight" in caplog.text and "--type data or bib" in caplog.text

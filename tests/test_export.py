@@ -21,6 +21,7 @@ import keras  # noqa: E402
 from fdeep_numpy import FdeepModel, decode  # noqa: E402
 
 from crbatch import cli, schema  # noqa: E402
+from crbatch.errors import ExitCode  # noqa: E402
 from crbatch.export import SUFFIX, data_inputs, fdeep, synthetic_inputs  # noqa: E402
 from crbatch.export import cli as export_cli  # noqa: E402
 from crbatch.scaling import ScalingConfig  # noqa: E402
@@ -128,9 +129,12 @@ def ort_predict(path: Path, xs: list[np.ndarray]) -> np.ndarray:
 # --- frugally-deep JSON ---------------------------------------------------------------------------
 
 
-def test_fdeep_json_format(doc, model):
+def test_fdeep_json_format(doc, model, sidecar):
     assert set(doc) == {"architecture", "image_data_format", "input_shapes", "output_shapes", "tests",
-                        "trainable_params", "hash"}  # fmt: skip
+                        "trainable_params", "hash", "crbatch"}  # fmt: skip
+    # frugally-deep reads its keys by name; "crbatch" carries the provenance and preprocessing of the sidecar
+    for k in ("crbatch_version", "model_hash", "preprocessing", "training_config", "dataset", "choice"):
+        assert doc["crbatch"][k] == sidecar[k], k
     assert doc["image_data_format"] == "channels_last"
     assert doc["input_shapes"] == SHAPES and doc["output_shapes"] == [[3]]
     assert doc["architecture"] == json.loads(model.to_json())
@@ -199,6 +203,10 @@ def test_onnx_parity_and_interface(exported, model, sidecar):
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["crbatch.preprocessing"]) == sidecar
     assert meta["crbatch.inputs"] == "clusters,tracks,msegs,jet" and meta["crbatch.outputs"] == "QCD,signal,BIB"
+    assert json.loads(meta["crbatch.feature_ops"]) == sidecar["preprocessing"]
+    for k in ("crbatch.version", "crbatch.epoch", "crbatch.epoch_why", "crbatch.dataset_build_id",
+              "crbatch.training_config"):  # fmt: skip
+        assert k in meta, k
 
 
 # --- sidecar ----------------------------------------------------------------------------------------
@@ -223,6 +231,13 @@ def test_sidecar_content(sidecar, doc, exported):
     assert par["onnx_max_abs_diff"] <= TOL and par["fdeep_test_vector_max_abs_diff"] <= TOL
     assert par["synthetic_jets"] == 64 and par["real_jets"] == 0
     assert sidecar["crbatch_version"] and sidecar["keras_version"] == keras.__version__
+    # per-variable constants a C++ program applies (no formula string): the jet pT window as numbers
+    ops = {i["name"]: i for i in sidecar["preprocessing"]["inputs"]}
+    assert ops["jet"]["features"][0] == {"feature": "pt", "op": "affine", "unit": "GeV", "subtract": 0.0,
+                                         "divide": 500.0}  # fmt: skip
+    assert ops["clusters"]["features"][3]["op"] == "fraction" and ops["tracks"]["flip"]["weight"] == "pt"
+    # --model without --config: nothing known about the training or the choice (and said so by nulls)
+    assert (sidecar["training_config"], sidecar["dataset"], sidecar["choice"]) == (None, None, None)
 
 
 # --- training-run input, real-jet check, scaling from the dataset ---------------------------------------
@@ -436,3 +451,144 @@ def test_from_reference_errors(tmp_path):
     (tmp_path / "wide.yaml").write_text("nodes_track_lstm: 12\n")  # another architecture: shapes differ
     assert export("--from-reference", REF_WEIGHTS, "--config", tmp_path / "wide.yaml", *out) == 12
     assert not (tmp_path / "out").exists()
+
+
+# --- per-variable preprocessing, raw-input ONNX, provenance, the analysis' choice -------------------------
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [ScalingConfig(), ScalingConfig(jet_pt=(20.0, 600.0), track_pt=(1.0, 80.0), cluster_pt=(0.5, 400.0)),
+     ScalingConfig(reference_exact=True), ScalingConfig(reference_exact=True, jet_pt=(10.0, 500.0))],
+)  # fmt: skip
+def test_feature_ops_reproduce_the_training_scaling(scaling, real_shard):
+    """The sidecar's per-variable operations, applied to raw jets, give the inputs crbatch.scaling gives."""
+    from crbatch.export import preprocess, rawjets
+
+    pre = preprocess.preprocessing_of(scaling)
+    for jets in (rawjets.from_file(real_shard, 256), rawjets.synthetic_tables(300, seed=4)):
+        raw, valid = jets.raw_inputs()
+        got = pre.apply(raw, valid)
+        want = jets.scaled_inputs(scaling)
+        for name, w in zip(schema.INPUT_NAMES, want, strict=True):
+            np.testing.assert_allclose(got[name], w, atol=2e-7, rtol=1e-6, err_msg=f"{name} {scaling.name}")
+    # the description is plain numbers: JSON round trip, no formula strings in the operations
+    doc = json.loads(json.dumps(pre.as_dict()))
+    for entry in doc["inputs"]:
+        for f in entry["features"]:
+            assert set(f) <= {"feature", "op", "unit", "subtract", "divide", "denominator"}
+
+
+def test_raw_input_onnx(model_file, model, tmp_path, real_shard):
+    """--format onnx-raw: raw quantities and validity masks in, one probability per class out; it matches
+    Keras on the crbatch-scaled inputs of real raw jets and carries the per-variable preprocessing."""
+    import onnxruntime as ort
+
+    from crbatch.export import onnx_raw, rawjets
+
+    out = tmp_path / "raw"
+    assert export("--model", model_file, "--format", "onnx-raw", "--output-dir", out, "--check-data", real_shard,
+                  "--check-jets", 16, "--onnx-prefix", "crnn") == 0  # fmt: skip
+    path = out / "clf.raw.onnx"
+    assert sorted(p.name for p in out.iterdir()) == ["clf.preprocessing.json", "clf.raw.onnx"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["clusters", "clusters_valid", "tracks", "tracks_valid", "msegs",
+                                                   "msegs_valid", "jet"]  # fmt: skip
+    assert [(o.name, o.shape) for o in sess.get_outputs()] == [("crnn_pqcd", ["N"]), ("crnn_psig", ["N"]),
+                                                               ("crnn_pbib", ["N"])]  # fmt: skip
+    jets = rawjets.from_file(real_shard, 256)
+    raw, valid = jets.raw_inputs()
+    got = onnx_raw.run(sess, raw, valid)
+    want = model.predict(jets.scaled_inputs(ScalingConfig()), verbose=0)
+    assert np.max(np.abs(got - want)) <= TOL and np.allclose(got.sum(axis=1), 1, atol=1e-5)
+    side = json.loads((out / "clf.preprocessing.json").read_text())
+    par = side["parity"]
+    assert par["onnx_raw_real_jets"] == 109 and par["onnx_raw_max_abs_diff_real"] <= TOL
+    assert par["onnx_raw_outputs"] == ["crnn_pqcd", "crnn_psig", "crnn_pbib"]
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["crbatch.feature_ops"]) == side["preprocessing"] and "raw inputs" in meta["crbatch.graph"]
+
+
+def test_raw_input_onnx_needs_real_jets(model_file, tmp_path):
+    out = tmp_path / "o"
+    assert export("--model", model_file, "--format", "onnx-raw", "--output-dir", out) == 3  # nothing to check it on
+    assert not out.exists()
+    assert export("--model", model_file, "--output-dir", out, "--check-jets", 8) == 0  # "all": the raw one left out
+    assert sorted(p.name for p in out.iterdir()) == ["clf.fdeep.json", "clf.onnx", "clf.preprocessing.json"]
+
+
+def _history(run_dir: Path, n: int) -> None:
+    (run_dir / "history.json").write_text(json.dumps({"val_original_lossf": [1.0 - 0.1 * i for i in range(n)]}))
+
+
+def test_export_best_is_the_analysis_choice_and_refuses_a_stale_one(model_file, tmp_path, real_shard):
+    from crbatch.evaluate.analyze_choice import make_choice, write_choice
+
+    run_dir = _fake_run(tmp_path / "tr", model_file, tmp_path / "data", ScalingConfig())
+    with h5py.File(tmp_path / "data" / "main_train.h5", "a") as f:
+        f.attrs[schema.A_BUILD_ID] = "b1d-1234"
+    base = ("--base", tmp_path / "tr", "--format", "fdeep", "--check-data", real_shard, "--check-jets", 8)
+    assert export("demo/3/best", *base, "--output-dir", tmp_path / "x") == 10  # no analysis yet
+    _history(run_dir, 2)
+    write_choice(run_dir, make_choice("demo/3", run_dir, 0, "best combined (0.1)", "combined", 2, [0, 1]))
+    out = tmp_path / "out"
+    assert export("demo/3/best", *base, "--output-dir", out) == 0
+    side = json.loads((out / "demo_00003_e000.preprocessing.json").read_text())  # epoch 0: the choice, not -1
+    assert side["choice"]["epoch"] == 0 and side["choice"]["why"] == "best combined (0.1)"
+    assert side["choice"]["stale"] == []
+    assert side["dataset"]["build_id"] == "b1d-1234" and side["dataset"]["identity"] == "b1d-1234"
+    assert side["training_config"]["model_name"] == "demo" and side["source"]["epoch"] == 0
+    fd = json.loads((out / "demo_00003_e000.fdeep.json").read_text())
+    assert fd["crbatch"]["choice"]["epoch"] == 0
+    # the run trained on after the analysis: the choice is stale
+    _history(run_dir, 3)
+    assert export("demo/3/best", *base, "--output-dir", tmp_path / "stale") == ExitCode.INPUT_SCHEMA
+    assert not (tmp_path / "stale").exists()
+    assert export("demo/3/best", *base, "--output-dir", tmp_path / "stale", "--allow-stale") == 0
+    side = json.loads((tmp_path / "stale" / "demo_00003_e000.preprocessing.json").read_text())
+    assert side["choice"]["stale"] == ["the analysis saw 2 epochs, the run has 3 now"]
+    # the chosen epoch file replaced after the analysis: stale too
+    _history(run_dir, 2)
+    shutil.copy(model_file, run_dir / "epochs" / "000.keras")
+    (run_dir / "epochs" / "000.keras").write_bytes((run_dir / "epochs" / "000.keras").read_bytes() + b"\0")
+    assert export("demo/3/best", *base, "--output-dir", tmp_path / "s2") == ExitCode.INPUT_SCHEMA
+
+
+def test_dataset_record_without_a_build_id(tmp_path):
+    """Datasets written before build ids: an identity hashed from the provenance they carry."""
+    from crbatch.export.sidecar import dataset_record
+
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f.attrs[schema.A_CONFIG] = '{"a": 1}'
+        f.attrs[schema.A_SHARDS] = '["s1.h5"]'
+    rec = dataset_record(p)
+    assert rec["build_id"] is None and rec["identity"].startswith("sha256:") and rec["shards"] == 1
+    with h5py.File(p, "a") as f:
+        f.attrs[schema.A_SHARDS] = '["s2.h5"]'
+    assert dataset_record(p)["identity"] != rec["identity"]
+
+
+def test_raw_input_onnx_of_a_parametrised_model(tmp_path, real_shard):
+    """mH and mS in GeV as one more input; the graph divides by 1000 and appends them to every slot."""
+    import onnxruntime as ort
+
+    from crbatch.export import onnx_raw, rawjets
+
+    cfg = TrainConfig(mH_parametrization=True, mS_parametrization=True)
+    model = randomized(cfg, seed=8)
+    model.save(tmp_path / "p.keras")
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    out = tmp_path / "out"
+    assert export("--model", tmp_path / "p.keras", "--config", tmp_path / "cfg.yaml", "--format", "onnx-raw",
+                  "--output-dir", out, "--check-data", real_shard, "--check-jets", 16) == 0  # fmt: skip
+    sess = ort.InferenceSession(str(out / "p.raw.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in sess.get_inputs()][-1] == ("mass_hypothesis", ["N", 2])
+    jets = rawjets.from_file(real_shard, 256)
+    raw, valid = jets.raw_inputs()
+    m = np.tile(np.array([[600.0, 275.0]], np.float32), (len(jets), 1))
+    got = onnx_raw.run(sess, raw, valid, m)
+    want = model.predict(rawjets.with_masses_tev(jets.scaled_inputs(ScalingConfig()), m), verbose=0)
+    assert np.max(np.abs(got - want)) <= TOL
+    side = json.loads((out / "p.preprocessing.json").read_text())
+    assert side["preprocessing"]["mass_hypothesis"]["features"] == ["mH", "mS"]

@@ -150,3 +150,59 @@ def test_efficiency_curve_matches_direct_count():
     t = np.array([-1, 0.1, 0.5, 0.99, 2.0, x[17]])
     expect = [(w * (x >= ti)).sum() / w.sum() for ti in t]
     np.testing.assert_allclose(M.efficiency_curve(x, w, t), expect)
+
+
+# --- uncertainties and the field's tools ------------------------------------------------------------
+
+
+def test_clopper_pearson_intervals():
+    from scipy.stats import beta
+
+    e, lo, hi = M.binomial_interval([3, 0, 10], [10, 10, 10])
+    np.testing.assert_allclose(e, [0.3, 0.0, 1.0])
+    c = M.COVERAGE
+    # the exact Clopper-Pearson limits, from the beta quantiles
+    assert lo[0] == pytest.approx(beta.ppf((1 - c) / 2, 3, 8)) and hi[0] == pytest.approx(beta.ppf((1 + c) / 2, 4, 7))
+    assert lo[1] == 0 and hi[1] == pytest.approx(beta.ppf((1 + c) / 2, 1, 10)) and hi[2] == 1
+    # weighted: the interval of the Kish effective counts (equal weights of 2: the same as unweighted)
+    e2, lo2, hi2 = M.binomial_interval(6.0, 20.0, 12.0, 40.0)
+    assert (e2[0], lo2[0], hi2[0]) == pytest.approx((0.3, lo[0], hi[0]))
+    assert np.isnan(M.binomial_interval(0.0, 0.0)[0][0])  # an empty sample: no number, not a 0
+    r = M.rejection_interval(0.0, 0.0, 0.1)
+    assert r == (math.inf, 10.0, math.inf)  # nothing passes: only a lower limit on the rejection
+
+
+def test_binned_efficiency():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 10, 5000)
+    passed = rng.random(5000) < x / 10
+    be = M.binned_efficiency(x, passed, [0, 2, 5, 10])
+    assert be.jets.sum() == 5000
+    np.testing.assert_allclose(be.eff, [0.1, 0.35, 0.75], atol=0.04)
+    assert np.all(be.low < be.eff) and np.all(be.eff < be.high)
+    # weights: a jet of weight 2 counts as two (the point estimate), outside values are not counted
+    be = M.binned_efficiency([1, 1, 3, 20], [True, False, True, True], [0, 2, 4], [2.0, 1.0, 1.0, 5.0])
+    np.testing.assert_allclose(be.eff, [2 / 3, 1.0])
+    assert be.jets.tolist() == [2, 1]
+
+
+def test_rejection_agrees_with_ftag_tools():
+    """Our rejection at a working point agrees with atlas-ftag-tools' (the FTAG convention: a jet passes
+    when its discriminant is ≥ the cut), at our cut and at the target efficiency."""
+    fm = pytest.importorskip("ftag.utils.metrics")
+    rng = np.random.default_rng(11)
+    s, b = rng.normal(1.5, 1, 4000), rng.normal(0, 1, 6000)
+    ws, wb = rng.uniform(0.5, 1.5, 4000), rng.uniform(0.5, 1.5, 6000)
+    roc = M.roc_curve(s, b, ws, wb)
+    for wp in M.rejection_at(roc, (0.3, 0.5, 0.7, 0.9)):
+        ours = wp.rejection
+        at_cut = fm.calculate_rejection(s, b, cut_value=wp.threshold, sig_weights=ws, bkg_weights=wb)
+        assert float(np.ravel(at_cut)[0]) == pytest.approx(ours, rel=1e-9)
+        at_eff = fm.calculate_rejection(s, b, target_eff=wp.target, sig_weights=ws, bkg_weights=wb)
+        # ftag interpolates the cut from a weighted percentile; we take the first ROC point reaching it
+        assert float(np.ravel(at_eff)[0]) == pytest.approx(ours, rel=0.02)
+    # their binomial efficiency error and our interval agree in size (unweighted, large sample)
+    eff = M.efficiency_curve(b, None, [wp.threshold])[0]
+    err = fm.calculate_efficiency_error(np.array([eff]), 6000)[0]
+    _, lo, hi = M.binomial_interval(eff * 6000, 6000)
+    assert (hi[0] - lo[0]) / 2 == pytest.approx(err, rel=0.05)

@@ -72,7 +72,7 @@ def write_shard(
         f.attrs[schema.A_N_JETS] = n
         f.attrs[schema.A_SCALED] = "crbatch-v1" if dataset else False
         if complete:
-            f.attrs[schema.A_COMPLETE] = True
+            schema.mark_complete(f)
     return path
 
 

@@ -115,11 +115,19 @@ def test_remote_completeness_reads_the_file_in_place(remote_dir, tmp_path):
     local = tmp_path / "x.h5"
     with h5py.File(local, "w") as f:
         f["jets"] = np.arange(1000)
-        for k, v in {schema.A_PRODUCER: "crbatch", schema.A_SCHEMA: schema.SCHEMA_VERSION, schema.A_KIND: "shard",
-                     schema.A_COMPLETE: True}.items():  # fmt: skip
+        for k, v in {schema.A_PRODUCER: "crbatch", schema.A_SCHEMA: schema.SCHEMA_VERSION,
+                     schema.A_KIND: "shard"}.items():  # fmt: skip
             f.attrs[k] = v
+        schema.mark_complete(f)  # content checksums, then the completion mark
+        offset = f["jets"].id.get_offset()
     storage.put(local, remote_dir / "x.h5")
     assert storage.is_complete(remote_dir / "x.h5", "shard")
+    # A damaged byte in the data is found remotely too (the content checksums are verified in place).
+    bad = bytearray(local.read_bytes())
+    bad[offset + 100] ^= 0xFF
+    storage.put_bytes(bytes(bad), remote_dir / "bad.h5")
+    with pytest.raises(schema.NotAcceptedError, match="checksum"):
+        storage.check_complete(remote_dir / "bad.h5", "shard")
     assert not storage.is_complete(remote_dir / "x.h5", "dataset")
     assert storage.check_complete(remote_dir / "x.h5")[schema.A_KIND] == "shard"
     cut = tmp_path / "cut.h5"

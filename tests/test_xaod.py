@@ -168,7 +168,10 @@ def test_incomplete_output_is_redone_and_out_names_one_file(env):
     src = make_xaod(env.root / "in" / "x.root")
     out = env.root / "single" / "named.root"
     out.parent.mkdir()
-    out.write_bytes(b"half a file")  # e.g. copied by hand, or another tool's
+    out.write_bytes(b"half a file")  # e.g. copied by hand, or another tool's: not recognisably ours
+    assert env.run(src, "--out", out, "--data-type", "bib") == ExitCode.USAGE  # refused, left untouched
+    assert out.read_bytes() == b"half a file"
+    out.unlink()
     assert env.run(src, "--out", out, "--data-type", "bib") == 0
     assert xaod.root_entries(out, "trees_DV_") == 50
     assert env.calls()[0]["type"] == "bib"

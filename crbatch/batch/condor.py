@@ -136,8 +136,6 @@ def transfer_files(plan: Plan, stage: str, plan_dir: Path, jobs_dir: Path) -> st
         names.append(f"convert/{task}.inputs.yaml")
     elif stage == "build":
         names.append("build.inputs.yaml")
-    elif stage == "analyze" and plan.pipeline.analyze.export.enabled:
-        names.append(f"analyze/{task}.export.args")
     elif stage == "report":
         names.append(PLAN_FILE)
     files = [jobs_dir / "common.sh", *(plan_dir / n for n in names)]

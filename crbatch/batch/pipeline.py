@@ -280,13 +280,18 @@ class TrainStage(BaseModel):
 
 
 class ExportOptions(BaseModel):
-    """What ``crbatch export`` writes after the analysis."""
+    """What the analysis exports: the epoch it chose (and evaluated), so the model that ships is the one
+    in the report."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="run crbatch export after crbatch analyze")
-    format: Literal["fdeep", "onnx", "all"] = Field("all", description="frugally-deep JSON, ONNX or both")
-    epoch: int = Field(-1, description="epoch to export (negative: counted from the last, -1 = last)")
+    enabled: bool = Field(True, description="export the analysed epoch (crbatch analyze --export-dir)")
+    format: Literal["fdeep", "onnx", "onnx-raw", "all"] = Field(
+        "all", description="frugally-deep JSON, ONNX, ONNX with the preprocessing inside, or all"
+    )
+    epoch: int | None = Field(
+        None, description="null: the epoch the analysis chooses; a number: analyse (and export) that epoch instead"
+    )
     check_jets: int = Field(256, ge=1, description="synthetic jets of the export's parity check")
 
 
@@ -296,6 +301,10 @@ class AnalyzeStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     options: dict[str, Any] = Field(default_factory=dict, description="crbatch analyze config keys")
+    baselines: list[str] = Field(
+        default_factory=list, description="models the report compares the run with (crbatch analyze --baseline; "
+        "relative file paths: to the pipeline YAML)",
+    )  # fmt: skip
     export: ExportOptions = Field(default_factory=ExportOptions)
     resources: Resources = _resources(cpus=2, memory="8 GB", disk="4 GB", runtime="4h", retries=2)
 
@@ -304,7 +313,8 @@ class AnalyzeStage(BaseModel):
         if self.options:  # importing the analysis costs seconds: only when there is something to check
             from ..evaluate.analyze import AnalyzeConfig
 
-            _check_options(AnalyzeConfig, self.options, {"runs", "base", "output_dir", "name"})
+            _check_options(AnalyzeConfig, self.options, {"runs", "base", "output_dir", "name", "baselines",
+                                                         "export_dir", "export_format", "export_check_jets"})  # fmt: skip
         return self
 
 
@@ -458,10 +468,27 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         sets.append(d)
     if sets:
         out["datasets"] = sets
+    an = out.get("analyze")
+    if isinstance(an, dict) and isinstance(an.get("baselines"), list):  # files relative to the YAML; run specs kept
+        an = dict(an)
+        an["baselines"] = [_baseline_path(base, b) for b in an["baselines"]]
+        out["analyze"] = an
     site = out.get("site")
     if isinstance(site, str) and ("/" in site or site.endswith((".yaml", ".yml"))):
         out["site"] = str(_absolute(base, site))
     return out
+
+
+def _baseline_path(base: Path, spec: Any) -> Any:
+    """``[LABEL=][reference:]FILE`` with FILE made absolute when it exists relative to ``base``."""
+    if not isinstance(spec, str):
+        return spec
+    label, _, rest = spec.partition("=") if "=" in spec and not (base / spec).exists() else ("", "", spec)
+    prefix = "reference:" if rest.startswith("reference:") else ""
+    path = rest[len(prefix) :]
+    if path and not Path(path).is_absolute() and (base / path).exists():
+        path = str(_absolute(base, path))
+    return f"{label}={prefix}{path}" if label else f"{prefix}{path}"
 
 
 def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> Pipeline:

@@ -262,14 +262,27 @@ def stage_configs(plan: Plan, run_dir: str) -> dict[str, dict[str, Any]]:
         "convert": {**p.convert.options, "output_dir": str(lay.root / "shards")},
         "build": {**p.build.options, "output_dir": str(lay.datasets)},
         "train": train,
-        "analyze": {**p.analyze.options, "base": str(lay.runs), "output_dir": str(lay.reports_base), "name": p.name,
-                    **({"data": str(lay.datasets)} if p.remote else {})},  # the sandbox's copy: not the run's path
-    }  # fmt: skip
+        "analyze": {**p.analyze.options, **_analyze_keys(p, lay)},
+    }
+
+
+def _analyze_keys(p: Pipeline, lay: Layout) -> dict[str, Any]:
+    """Storage locations, baselines and the export: the analysis exports the epoch it chose and evaluated
+    (not epoch −1), so the model that ships is the one in the report."""
+    out: dict[str, Any] = {"base": str(lay.runs), "output_dir": str(lay.reports_base), "name": p.name}
+    if p.remote:  # the sandbox's staged-in copy of the datasets, not the path recorded in the run
+        out["data"] = str(lay.datasets)
+    if p.analyze.baselines:
+        out["baselines"] = list(p.analyze.baselines)
+    ex = p.analyze.export
+    if ex.enabled:
+        out.update(export_dir=str(lay.exports), export_format=ex.format, export_check_jets=ex.check_jets)
+    return out
 
 
 def task_commands(plan: Plan, task: Task, plan_dir: Path, run_dir: str) -> dict[str, list[str]]:
     """``{suffix: crbatch argv}`` of a task; suffix ``""`` is the main command (``<index>.args``)."""
-    p, lay = plan.pipeline, plan.layout
+    p = plan.pipeline
     cfg = lambda stage: str(plan_dir / f"{stage}.yaml")  # noqa: E731
     if task.stage == "convert":
         entry = plan_dir / "convert" / f"{task.index}.inputs.yaml"
@@ -282,15 +295,9 @@ def task_commands(plan: Plan, task: Task, plan_dir: Path, run_dir: str) -> dict[
         return {"": ["train", "--run-dir", run_dir, "--config", cfg("train")]}
     if task.stage == "analyze":
         spec = f"{p.model_name}/{p.train.run}"
-        cmds = {"": ["analyze", spec, "--config", cfg("analyze")]}
-        ex = p.analyze.export
-        if ex.enabled:
-            cmds["export"] = [
-                "export", f"{spec}/{ex.epoch}", "--base", str(lay.runs), "--output-dir", str(lay.exports),
-                "--format", ex.format, "--check-jets", str(ex.check_jets),
-                "--check-data", str(lay.datasets / "main_test.h5"),
-            ]  # fmt: skip
-        return cmds
+        if p.analyze.export.epoch is not None:
+            spec += f"/{p.analyze.export.epoch}"
+        return {"": ["analyze", spec, "--config", cfg("analyze")]}
     if task.stage == "report":
         return {"": ["status", str(plan_dir), "--out", task.outputs[0], "--check"]}
     raise ValueError(task.stage)

@@ -60,9 +60,11 @@ def collect_inputs(args_inputs: list[str], cfg: BuildConfig) -> list[tuple[Build
 
 
 def _expand(pattern: str) -> list[Path]:
-    found = expand(pattern, SHARD_SUFFIXES, directories=True)
+    """Shards named by ``pattern``; a directory is searched recursively (``<storage>/shards/`` of the
+    pipeline holds one folder per dataset)."""
+    found = expand(pattern, SHARD_SUFFIXES, directories=True, recursive=True)
     if not found:
-        raise InputMissing(f"{pattern}: no *.h5 shard in this directory; check the path")
+        raise InputMissing(f"{pattern}: no *.h5 shard in this directory or below it; check the path")
     return found
 
 

@@ -165,7 +165,21 @@ def _open_attrs(path: Path) -> dict[str, Any]:
             f"{path}: features already scaled ({attrs.get(schema.A_SCALED)}); build scales raw shards only "
             "(read scaled legacy shards directly with the reader)"
         )
+    _verify(path)
     return attrs
+
+
+def _verify(path: Path) -> None:
+    """The shard's content checksums (a damaged shard is exit 11, one without checksums exit 12)."""
+    try:
+        with open_h5(path) as f:
+            schema.verify_content(f)
+    except schema.DamagedError as e:
+        raise InputCorrupt(f"{path}: damaged shard: {e}; reconvert it (crbatch convert redoes it by itself)") from e
+    except schema.NotAcceptedError as e:
+        raise InputSchema(f"{path}: {e}") from e
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise InputCorrupt(f"{path}: damaged shard: reading its stored data failed ({e}); reconvert it") from e
 
 
 def _dsid(attrs: dict[str, Any], entry: BuildInput | None, path: Path) -> int:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, locks, schema
-from ..errors import InputEmpty, Transient
+from .. import __version__, locks, outputs, schema
+from ..errors import InputEmpty, Transient, classify_write_error
 from .config import BuildConfig, BuildInput
 from .h5io import tune_malloc
 from .parallel import n_workers, run_gather, run_scatter
@@ -58,6 +58,10 @@ def build(cfg: BuildConfig, inputs: list[tuple[BuildInput | None, Path]]) -> dic
     log.info("pass 1 (check shards, plan the selection): %.1f s, peak RSS %.0f MB", time.monotonic() - t0, _peak_mb())
     bid = build_id(plan, cfg)
     finals = output_paths(cfg, plan.roles)
+    shards = [s.path for s in plan.shards] + [Path(p) for p, _ in plan.skipped]
+    for p in finals.values():
+        outputs.check_output(p, "dataset", shards)
+    outputs.check_output(cfg.output_dir / SUMMARY_FILE, "summary", shards)
     with locks.hold(cfg.output_dir, "dataset directory"):
         return _build_locked(plan, cfg, bid, finals, t0)
 
@@ -70,7 +74,7 @@ def _build_locked(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str
             summary_file = cfg.output_dir / SUMMARY_FILE
             if _summary_build(summary_file) != bid:  # killed after the renames, before the summary
                 _write_summary_file(summary_file, done)
-            log.warning("skip: %s already holds complete datasets of this build (id %s); --force redoes it",
+            log.info("skip: %s already holds complete datasets of this build (id %s); --force redoes it",
                         cfg.output_dir, bid)  # fmt: skip
             return done
     log.info("build %s: %d shards used, %d skipped; datasets: %s", bid, len(plan.shards), len(plan.skipped),
@@ -80,8 +84,11 @@ def _build_locked(plan: Plan, cfg: BuildConfig, bid: str, finals: dict[tuple[str
 
     try:
         summary = _write_all(plan, cfg, bid, finals, t0)
-    except OSError as e:  # reads of shards are mapped to InputCorrupt already: this is the output side
-        raise Transient(f"{cfg.output_dir}: cannot write the datasets ({e}); check space and permissions, retry") from e
+    except (OSError, RuntimeError) as e:  # reads of shards are mapped to InputCorrupt already: this is the output side
+        err = classify_write_error(cfg.output_dir, e)
+        if err is None and isinstance(e, RuntimeError):
+            raise
+        raise err or Transient(f"{cfg.output_dir}: cannot write the datasets ({e}); retry") from e
     _write_summary_file(cfg.output_dir / SUMMARY_FILE, summary)
     log_summary(summary)
     return summary
@@ -131,7 +138,6 @@ def _check_selected(plan: Plan, cfg: BuildConfig, sums: dict[tuple[str, str, str
 
 
 def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig, bid: str, summary) -> None:
-    import h5py
 
     attrs = {
         schema.A_PRODUCER: "crbatch",
@@ -150,10 +156,10 @@ def _write_attrs(tmp: Path, role: str, split: str, plan: Plan, cfg: BuildConfig,
         "labels": {str(int(v)): k for k, v in schema.DATA_TYPES.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with h5py.File(tmp, "a") as f:
+    with schema.h5_output(tmp, "a") as f:
         for k, v in attrs.items():
             f.attrs[k] = schema.to_attr(v)
-        f.attrs[schema.A_COMPLETE] = True  # last: marks the file as whole
+        schema.mark_complete(f)  # checksums, then the completion mark: last
 
 
 def make_summary(plan: Plan, cfg: BuildConfig, bid: str, final_sums, factors, seconds: float) -> dict[str, Any]:
@@ -206,10 +212,10 @@ def log_summary(summary: dict[str, Any]) -> None:
             cells = [
                 f"{CLASS_NAMES.get(dt, dt)} {c['jets']} (Σw {c['sum_weight_balanced']:.4g})" for dt, c in per.items()
             ]
-            log.warning("summary %-4s %-5s: %s", role, split, ", ".join(cells) or "no jets")
+            log.info("summary %-4s %-5s: %s", role, split, ", ".join(cells) or "no jets")
     files = summary["files"]
     why = ", ".join(f"{n} {r}" for r, n in files["skipped_by_reason"].items())
-    log.warning("summary files: %d given, %d used, %d skipped%s; %d jets in %.1f s", files["given"], files["used"],
+    log.info("summary files: %d given, %d used, %d skipped%s; %d jets in %.1f s", files["given"], files["used"],
                 files["skipped"], f" ({why})" if why else "", summary["jets_written"], summary["seconds"])  # fmt: skip
 
 

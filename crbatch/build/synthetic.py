@@ -186,7 +186,7 @@ def write_shard(
         for k, v in attrs.items():
             f.attrs[k] = schema.to_attr(v)
         if complete:
-            f.attrs[schema.A_COMPLETE] = True
+            schema.mark_complete(f)
     return path
 
 

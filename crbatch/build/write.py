@@ -380,7 +380,6 @@ def gather(tmp: Path, role: str, split: str, buckets: Buckets, factor: float, cf
            advance: Callable[[int], None], arena: Arena | None = None) -> dict[str, Sums]:  # fmt: skip
     """Pass 3 for one output: buckets in key order, each sorted by key and re-padded, appended to
     ``tmp``. Returns the final sums per data type (weight_balanced after the factor)."""
-    import h5py
 
     k = buckets.n_buckets[(role, split)]
     n = sum(buckets.counts.get((role, split, b), 0) for b in range(k))
@@ -390,7 +389,7 @@ def gather(tmp: Path, role: str, split: str, buckets: Buckets, factor: float, cf
     if arena is None:
         arena = Arena()
         buckets.reserve([(role, split)], arena)
-    with h5py.File(tmp, "w") as f:
+    with schema.h5_output(tmp) as f:
         create_tables(f, n, cfg.compress)
         writers = {name: SliceWriter(f[name]) for name in ("jets", *TABLE_NAMES)}
         pos = 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import __version__, schema
 from ..errors import CrbatchError, InputCorrupt, InputMissing, InputSchema, Transient
+from ..inputs import describe_file, shown
 from ..progress import Progress
 from .config import ConvertDivertConfig, InputEntry
 from .fastread import use_fast_interpretations
@@ -39,17 +40,73 @@ def classify_read_error(path: str, e: BaseException) -> CrbatchError:
     if isinstance(e, CrbatchError):
         return e
     if isinstance(e, FileNotFoundError) or (_is_remote(path) and "no such file" in str(e).lower()):
-        return InputMissing(f"{path}: no such file; check the path")
+        return InputMissing(f"{shown(path)}: no such file; check the path")
     if isinstance(e, PermissionError):
-        return InputCorrupt(f"{path}: permission denied; make the file readable")
+        return InputCorrupt(f"{shown(path)}: permission denied; make the file readable")
     if isinstance(e, OSError) and (e.errno in _TRANSIENT_ERRNO or _is_remote(path)):
-        return Transient(f"{path}: I/O error ({e}); retry")
-    if isinstance(e, OSError) and "expected Chunk of length" in str(e):
-        return InputCorrupt(f"{path}: truncated ROOT file (a read ran past its end); recopy or regenerate it")
+        return Transient(f"{shown(path)}: I/O error ({e}); retry")
     if isinstance(e, (OSError, ValueError, EOFError)) or type(e).__module__.startswith("uproot"):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return InputCorrupt(f"{path}: not a readable ROOT file ({first}); recopy or regenerate it")
+        return InputCorrupt(f"{shown(path)}: {_what_is_wrong(path, e)}; recopy or regenerate it")
     raise e
+
+
+def _what_is_wrong(path: str, e: BaseException) -> str:
+    """The real cause of an unreadable ROOT file: empty, not ROOT at all, truncated or corrupt."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if _is_remote(path):
+        return f"not a readable ROOT file ({first})"
+    what = describe_file(Path(path))
+    if not what.startswith("a ROOT file"):
+        return f"not a ROOT file: {what}"
+    if "expected Chunk of length" in str(e):
+        return f"truncated ROOT file ({os.path.getsize(path)} bytes; a read ran past its end)"
+    return f"not a readable ROOT file ({first})"
+
+
+def _locate_damage(tree, branches: list[str], start: int, stop: int) -> str | None:
+    """Which branch and basket of entries [start, stop) cannot be read, e.g. ``branch 'jet_pT',
+    entries 1000–1999 (basket 3)``; None if every basket reads (the error is elsewhere)."""
+    for name in branches:
+        br = tree[name]
+        for i in range(br.num_baskets):
+            a, b = (int(x) for x in br.basket_entry_start_stop(i))
+            if b <= start or a >= stop:
+                continue
+            try:
+                br.basket(i)
+            except Exception as e:
+                return f"branch {name!r}, entries {a}–{b - 1} (basket {i}: {_first_line(e)})"
+    for name in branches:
+        try:
+            tree[name].array(entry_start=start, entry_stop=stop, library="np")
+        except Exception as e:
+            return f"branch {name!r}, entries {start}–{stop - 1} ({_first_line(e)})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    mod = type(e).__module__
+    name = type(e).__qualname__ if mod == "builtins" else f"{mod.split('.')[0]}.{type(e).__qualname__}"
+    text = str(e).strip()
+    return f"{name}: {text.splitlines()[0]}" if text else name
+
+
+def chunk_read_error(path: str, tree, branches: list[str], start: int, step: int, e: Exception) -> CrbatchError:
+    """The error for a failure reading the chunk starting at entry ``start``: a damaged basket
+    (decompression or decoding) is exit 11 naming the branch and entry range; I/O errors as
+    :func:`classify_read_error`."""
+    if isinstance(e, CrbatchError):
+        return e
+    if isinstance(e, OSError) and e.errno is not None:
+        return classify_read_error(path, e)
+    stop = min(int(tree.num_entries), start + max(step, 1))
+    try:
+        where = _locate_damage(tree, branches, start, stop)
+    except Exception as probe:  # the probe itself failed: report what we know
+        log.debug("locating the damage in %s failed: %s", path, probe)
+        where = None
+    where = where or f"entries {start}–{stop - 1}"
+    return InputCorrupt(f"{shown(path)}: damaged data in {where}; recopy or regenerate the file")
 
 
 def _metadata_histograms(rootfile) -> dict[str, dict[str, Any]]:
@@ -102,7 +159,9 @@ def _open(path: str, cfg: ConvertDivertConfig):
         if not _is_remote(path):
             size, end = os.path.getsize(path), int(f.file.fEND)
             if size < end:
-                raise InputCorrupt(f"{path}: truncated ROOT file ({size} of {end} bytes); recopy or regenerate it")
+                raise InputCorrupt(
+                    f"{shown(path)}: truncated ROOT file ({size} of {end} bytes); recopy or regenerate it"
+                )
         return f
     except Exception as e:
         raise classify_read_error(path, e) from e
@@ -120,11 +179,16 @@ def _use_fast_decoding(tree, branches: list[str]) -> None:
             tree[name]._interpretation = None
 
 
+def _entry_step(tree, branches: list[str], step_size: int | str) -> int:
+    """Entries per chunk of ``tree.iterate`` (to name the entry range of a damaged chunk)."""
+    try:
+        return int(tree.num_entries_for(step_size, branches)) if isinstance(step_size, str) else int(step_size)
+    except Exception:
+        return int(tree.num_entries)
+
+
 def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDivertConfig) -> dict[str, Any]:
     """Convert ``src`` into the HDF5 file ``tmp``; return the attributes written."""
-    import h5py
-    import uproot
-
     path = str(src)
     f = _open(path, cfg)
     try:
@@ -132,7 +196,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
         if cfg.tree not in f:
             trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c == "TTree"})
             raise InputSchema(
-                f"{path}: no tree {cfg.tree!r} (trees: {', '.join(trees) or 'none'}); "
+                f"{shown(path)}: no tree {cfg.tree!r} (trees: {', '.join(trees) or 'none'}); "
                 "is this a DiVertAnalysis ntuple? set --tree otherwise"
             )
         tree = f[cfg.tree]
@@ -145,28 +209,39 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
                 hint = " — this looks like a data file: use --type data or bib"
             elif set(missing) & {"llp_pT", "llp_Lxy"}:
                 hint = " — no LLP truth: signal needs a signal MC ntuple"
-            raise InputSchema(f"{path}: missing branches {', '.join(missing[:6])}{hint}")
+            raise InputSchema(f"{shown(path)}: missing branches {', '.join(missing[:6])}{hint}")
         if cfg.fast_decoding and n_entries:
             _use_fast_decoding(tree, needed)
         cut: Counter = Counter()
         masses = (entry.mH or 0.0, entry.mS or 0.0)
         dsid = entry.dsid
-        with h5py.File(tmp, "w") as out:
+        with schema.h5_output(tmp) as out:
             writer = schema.TableWriter(out, compress=cfg.compress)
             if n_entries:
-                prog = Progress(n_entries, f"convert {src.name}", unit="events")
+                prog = Progress(n_entries, f"convert {shown(src.name)}", unit="events")
+                step = _entry_step(tree, needed, cfg.step_size)
+                chunks = tree.iterate(needed, step_size=cfg.step_size, library="ak")
+                start = 0
                 try:
-                    for chunk in tree.iterate(needed, step_size=cfg.step_size, library="ak"):
+                    while True:
+                        # Only reading is classified as damaged input; a write error goes up to
+                        # schema.atomic_output, which names the output.
+                        try:
+                            chunk = next(chunks)
+                        except StopIteration:
+                            break
+                        except (MemoryError, CrbatchError):
+                            raise
+                        except Exception as e:
+                            raise chunk_read_error(path, tree, needed, start, step, e) from e
                         sel = select(chunk, entry.type, cfg, cut)
                         tables = tables_for(chunk, sel, entry.type, masses)
                         writer.append(tables)
                         if dsid is None and entry.type in schema.MC_TYPES and len(chunk):
                             dsid = int(chunk["mcChannelNumber"][0])
+                        start += len(chunk)
+                        step = max(step, len(chunk))
                         prog.update(len(chunk))
-                except CrbatchError:
-                    raise
-                except (OSError, ValueError, uproot.deserialization.DeserializationError) as e:
-                    raise classify_read_error(path, e) from e
                 finally:
                     prog.close()
             cut["jets_written"] = writer.n
@@ -194,7 +269,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
             }
             for k, v in attrs.items():
                 out.attrs[k] = schema.to_attr(v)
-            out.attrs[schema.A_COMPLETE] = True  # last: marks the file as whole
+            schema.mark_complete(out)  # checksums, then the completion mark: last
         return attrs
     finally:
         f.close()

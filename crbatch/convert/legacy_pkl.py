@@ -443,13 +443,12 @@ def _attributes(src: Path, cfg: ConvertLegacyConfig, info: FileInfo, summary: Su
 
 def convert_legacy_file(src: Path, tmp: Path, cfg: ConvertLegacyConfig) -> dict[str, Any]:
     """Convert the pickle ``src`` into the HDF5 file ``tmp``; return the attributes written."""
-    import h5py
 
     df = _read_pickle(src)
     info = inspect(df, src, cfg)
     _log_file_facts(src, info)
     summary = Summary()
-    with h5py.File(tmp, "w") as out:
+    with schema.h5_output(tmp) as out:
         writer = schema.TableWriter(out, compress=cfg.compress)
         prog = Progress(info.n_rows, f"convert {src.name}", unit="jets")
         try:
@@ -463,7 +462,7 @@ def convert_legacy_file(src: Path, tmp: Path, cfg: ConvertLegacyConfig) -> dict[
         attrs = _attributes(src, cfg, info, summary, writer.n)
         for k, v in attrs.items():
             out.attrs[k] = schema.to_attr(v)
-        out.attrs[schema.A_COMPLETE] = True  # last: marks the file as whole
+        schema.mark_complete(out)  # checksums, then the completion mark: last
     if attrs["legacy_nonfinite_replaced"]:
         log.warning("%s: NaN/inf in real values replaced by 0: %s", src, attrs["legacy_nonfinite_replaced"])
     return attrs

@@ -47,11 +47,11 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .. import schema
+from .. import outputs, schema
 from ..config import StageConfig, add_config_arguments, load_yaml, resolve_config, validation_message
 from ..errors import ConfigError, CrbatchError, ExitCode, InputCorrupt, InputMissing, Transient, worst
 from ..inputs import expand, is_yaml_list
-from .runner import Job, Outcome
+from .runner import Job, Outcome, interrupted
 
 log = logging.getLogger(__name__)
 divert_log = logging.getLogger("crbatch.divert")  # DiVertAnalysis's own output, line by line
@@ -366,6 +366,7 @@ def convert_xaod_file(job: Job, cfg: ConvertXaodConfig, models: list[Model], set
     ntuple to ``job.out`` atomically."""
     entry: XaodInput | None = job.entry
     src = job.src
+    outputs.check_output(job.out, "ntuple", [src], tree=cfg.tree)
     if not cfg.force and job.out.exists():
         try:
             n = root_entries(job.out, cfg.tree)
@@ -462,6 +463,14 @@ def run_all(jobs: list[Job], cfg: ConvertXaodConfig, models: list[Model]) -> lis
         except CrbatchError as e:
             log.error("%s", e)
             outcomes.append(Outcome(job, "failed", 0, str(e), e.code))
+        except Exception as e:  # a crbatch bug or an unforeseen problem: this file only, the others go on
+            msg = f"{job.src}: unexpected error ({type(e).__name__}: {e}); please report it with the log"
+            log.error("%s", msg, exc_info=True)
+            outcomes.append(Outcome(job, "failed", 0, msg, ExitCode.INTERNAL))
+        except (KeyboardInterrupt, SystemExit) as e:
+            if not isinstance(e, SystemExit) or e.code == ExitCode.INTERRUPTED:
+                interrupted(job, outcomes, len(jobs))
+            raise
     return outcomes
 
 
@@ -469,7 +478,8 @@ def summarize(outcomes: list[Outcome]) -> ExitCode:
     c = collections.Counter(o.status for o in outcomes)
     events = sum(o.n_jets for o in outcomes if o.status in ("converted", "empty"))  # n_jets holds tree entries
     parts = [f"{c[s]} {s}" for s in ("converted", "empty", "skipped", "failed") if c[s]]
-    log.warning("summary: %d file(s): %s; %d events written", len(outcomes), ", ".join(parts) or "nothing", events)
+    level = logging.WARNING if c["failed"] else logging.INFO
+    log.log(level, "summary: %d file(s): %s; %d events written", len(outcomes), ", ".join(parts) or "nothing", events)
     for o in outcomes:
         if o.status == "failed":
             log.warning("  failed [exit %d]: %s", int(o.code), o.message.splitlines()[0])

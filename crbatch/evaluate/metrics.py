@@ -18,6 +18,10 @@ normalised the caller's weight arrays in place). Conventions, also in docs/analy
   The reference counted S unweighted but QCD weighted (bug 10). The scan stops where ``B <= b_min``.
 * **Efficiency per mass point** (:func:`efficiency_per_point`): weighted fraction of the signal jets
   of each (mH, mS) that pass a selection, with a binomial error from the effective number of jets.
+* **Uncertainties** (:func:`binomial_interval`): 68.3 % Clopper–Pearson intervals (hist's
+  ``clopper_pearson_interval``) for every efficiency, in bins too (:func:`binned_efficiency`); for
+  weighted samples on the Kish effective numbers of jets. A rejection's interval is the inverse of its
+  background efficiency's (:func:`rejection_interval`).
 
 Guards: an empty sample, or one whose total weight is not positive, raises :class:`EmptySample`
 (callers skip that curve with a note) — never a NaN that silently overwrites a good number.
@@ -75,6 +79,7 @@ class RocCurve:
     n_bkg: int
     sumw_sig: float
     sumw_bkg: float
+    n_bkg_eff: float = 0.0  # Kish effective number of background jets (for uncertainties)
 
     def rejection(self) -> np.ndarray:
         """1 / FPR at every point (``inf`` where no background passes)."""
@@ -105,7 +110,8 @@ def roc_curve(
     fpr = np.r_[0.0, fp / wb.sum()]
     thresholds = np.r_[np.inf, x[last]]
     auc = float(np.trapezoid(tpr, fpr))
-    return RocCurve(thresholds, tpr, fpr, auc, int(xs.size), int(xb.size), float(ws.sum()), float(wb.sum()))
+    return RocCurve(thresholds, tpr, fpr, auc, int(xs.size), int(xb.size), float(ws.sum()), float(wb.sum()),
+                    effective_n(wb))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -290,3 +296,105 @@ def efficiency_per_point(
         err = math.sqrt(max(eff * (1 - eff), 0.0) / n_eff) if n_eff > 0 else math.nan
         out.append(PointEfficiency(a, b, int(sel.sum()), eff, err))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Binomial uncertainties (Clopper–Pearson, from hist) and binned efficiencies
+# ------------------------------------------------------------------------------------------------
+
+COVERAGE = 0.682689492137  # ±1σ
+
+
+def binomial_interval(
+    passed: ArrayLike, total: ArrayLike, passed_w2: ArrayLike | None = None, total_w2: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(efficiency, low, high): ``passed / total`` with a 68.3 % Clopper–Pearson interval.
+
+    Unweighted: ``passed``, ``total`` are counts. Weighted: sums of weights, with the sums of squared
+    weights ``passed_w2``, ``total_w2``; the interval is then computed for the Kish effective number
+    of jets ``n = total² / total_w2`` and ``k = ε·n`` passing (the usual approximation for weighted
+    efficiencies). Where ``total`` is not positive every value is NaN.
+    """
+    from hist.intervals import clopper_pearson_interval
+
+    p = np.atleast_1d(np.asarray(passed, np.float64))
+    t = np.atleast_1d(np.asarray(total, np.float64))
+    ok = t > 0
+    eff = np.full(t.shape, np.nan)
+    eff[ok] = np.clip(p[ok] / t[ok], 0.0, 1.0)
+    if total_w2 is None:
+        n = t
+    else:
+        t2 = np.atleast_1d(np.asarray(total_w2, np.float64))
+        n = np.where(t2 > 0, t * t / np.where(t2 > 0, t2, 1.0), 0.0)
+    ok &= n > 0
+    lo = np.full(t.shape, np.nan)
+    hi = np.full(t.shape, np.nan)
+    if ok.any():
+        k = eff[ok] * n[ok]
+        with np.errstate(invalid="ignore"):
+            iv = clopper_pearson_interval(np.minimum(k, n[ok]), n[ok], coverage=COVERAGE)
+        lo[ok], hi[ok] = iv[0], iv[1]
+    return eff, lo, hi
+
+
+def efficiency_interval(passed: ArrayLike, weights: ArrayLike | None = None) -> tuple[float, float, float]:
+    """(ε, low, high) of a boolean selection of a (weighted) sample."""
+    ok = np.asarray(passed, bool).ravel()
+    w = np.ones(ok.size) if weights is None else np.asarray(weights, np.float64).ravel()
+    e, lo, hi = binomial_interval(w[ok].sum(), w.sum(), (w[ok] ** 2).sum(), (w**2).sum())
+    return float(e[0]), float(lo[0]), float(hi[0])
+
+
+def rejection_interval(eff: float, low: float, high: float) -> tuple[float, float, float]:
+    """A background efficiency's interval as a rejection 1/ε: (1/ε, 1/high, 1/low), ∞ where ε is 0."""
+
+    def inv(x: float) -> float:
+        return math.nan if not math.isfinite(x) else (math.inf if x <= 0 else 1.0 / x)
+
+    return inv(eff), inv(high), inv(low)
+
+
+@dataclass(frozen=True)
+class BinnedEfficiency:
+    edges: np.ndarray
+    eff: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    jets: np.ndarray  # jets per bin (unweighted)
+
+
+def binned_efficiency(
+    values: ArrayLike, passed: ArrayLike, edges: ArrayLike, weights: ArrayLike | None = None
+) -> BinnedEfficiency:
+    """Efficiency of ``passed`` in bins of ``values`` (half-open bins, the last one closed; values
+    outside the edges are not counted), each with its Clopper–Pearson interval."""
+    x = np.asarray(values, np.float64).ravel()
+    ok = np.asarray(passed, bool).ravel()
+    w = np.ones_like(x) if weights is None else np.asarray(weights, np.float64).ravel()
+    e = np.asarray(edges, np.float64)
+    keep = np.isfinite(x) & np.isfinite(w)
+    x, ok, w = x[keep], ok[keep], w[keep]
+    tot, _ = np.histogram(x, e, weights=w)
+    tot2, _ = np.histogram(x, e, weights=w * w)
+    pas, _ = np.histogram(x[ok], e, weights=w[ok])
+    pas2, _ = np.histogram(x[ok], e, weights=w[ok] ** 2)
+    n, _ = np.histogram(x, e)
+    eff, lo, hi = binomial_interval(pas, tot, pas2, tot2)
+    return BinnedEfficiency(e, eff, lo, hi, n.astype(np.int64))
+
+
+def roc_on_grid(roc: RocCurve, grid: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, rejection, low, high) at the first ROC point reaching each signal efficiency of ``grid``:
+    the points a figure draws, with the Clopper–Pearson interval of each background efficiency."""
+    g = np.asarray(grid, np.float64)
+    idx = np.searchsorted(roc.tpr, g - 1e-12, side="left")
+    idx = np.minimum(idx, len(roc.tpr) - 1)
+    fpr = roc.fpr[idx]
+    n_eff = roc.n_bkg_eff if roc.n_bkg_eff > 0 else float(roc.n_bkg)
+    _, lo, hi = binomial_interval(fpr * n_eff, np.full(fpr.shape, n_eff))
+    with np.errstate(divide="ignore"):
+        rej = np.where(fpr > 0, 1.0 / np.where(fpr > 0, fpr, 1.0), np.inf)
+        rlo = np.where(hi > 0, 1.0 / np.where(hi > 0, hi, 1.0), np.inf)
+        rhi = np.where(lo > 0, 1.0 / np.where(lo > 0, lo, 1.0), np.inf)
+    return idx, rej, rlo, rhi

@@ -11,9 +11,10 @@ Differences from the reference, on purpose: histograms are normalised on copies 
 normalised the caller's weight arrays in place, and fails on read-only pandas 3 arrays); the
 data/MC figures carry a data/MC ratio panel, the weighted K-S and its effective-N p-value instead of
 the always-False "Reject" label. Signal and BIB scores of CR jets pile up near 0, so their axes
-are logarithmic (40 log bins from the decade of the lowest 0.1 % of the scores, ≥ 1e-5, to 1; smaller
-scores counted in the first bin); the QCD score
-uses 40 equal bins. The main figures keep the reference's 29 equal bins on [0, 1].
+are logit axes (40 bins uniform in logit(p) between the integer logits around the 0.1 % and 99.9 %
+quantiles of the scores, |logit| ≤ 11.5; scores outside counted in the edge bins): both ends of the
+score are resolved — a log axis squeezed the signal-like end into a bin or two. The QCD score uses
+40 equal bins. The main figures keep the reference's 29 equal bins on [0, 1].
 
 Speed: 15 figures every epoch. Building a figure costs ~0.3 s here, mostly creating tick objects
 (the ATLAS style has minor ticks on four sides), so each layout is built once per process and only
@@ -23,9 +24,7 @@ plain text (mplhep's costs ~0.2 s a figure). Each file appears atomically (tempo
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ..stats import effective_n, ks_pvalue
 from .epoch import OUTPUTS, CRScores, MainHistograms, pt_bin_index
 
 CR_BINS = 40
-LOG_MIN = 1e-5
+LOG_MIN = 1e-5  # smallest score on the logit axes: logit(1e-5) ≈ -11.5
 OUTPUT_TITLES = {"qcd": "QCD score $p_{QCD}$", "sig": "signal score $p_{signal}$", "bib": "BIB score $p_{BIB}$"}
 _FALLBACK_COLORS = {Label.QCD: "#1f77b4", Label.SIGNAL: "#d62728", Label.BIB: "#2ca02c", Label.DATA: "black"}
 _FALLBACK_NAMES = {Label.QCD: "QCD", Label.SIGNAL: "signal", Label.BIB: "BIB", Label.DATA: "data"}
@@ -58,30 +57,31 @@ def apply_style() -> tuple[dict[int, str], dict[int, str]]:
 
 def save(fig: Any, path: Path, dpi: int) -> Path:
     """Write ``fig`` to ``path`` atomically: readers of the run directory never see half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    from ..schema import atomic_output
+
+    with atomic_output(path) as tmp:  # a full disk: exit 20, no half PNG, the temporary removed
         # zlib level 1: a third of the default's encoding time for ~1.5x the bytes (tens of kB).
         fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return path
 
 
 def cr_edges(output: str, scores: np.ndarray | None = None) -> np.ndarray:
     """Bins of one output's data/MC figure: 40 equal bins for the QCD score; for the signal and BIB
-    scores 40 log bins from the decade holding the lowest 0.1 % of ``scores`` (at least 1e-5, at most
-    0.1) to 1, so a poorly trained network's scores do not sit in a corner."""
+    scores 40 bins uniform in logit(p) over the integer logits around the 0.1 % and 99.9 % quantiles of
+    ``scores`` (within ±11.5, at least 2 units wide), so neither end of the score is squeezed."""
     if output == "qcd":
         return np.linspace(0.0, 1.0, CR_BINS + 1)
-    lo = LOG_MIN
+    lim = -math.log(1 / LOG_MIN - 1)
+    lo, hi = lim, -lim
     if scores is not None:
-        pos = scores[np.isfinite(scores) & (scores > 0)]
-        if pos.size:
-            lo = float(np.clip(10.0 ** np.floor(np.log10(np.quantile(pos, 0.001))), LOG_MIN, 0.1))
-    return np.geomspace(lo, 1.0, CR_BINS + 1)
+        p = scores[np.isfinite(scores)]
+        if p.size:
+            q = np.clip(np.quantile(p, [0.001, 0.999]), LOG_MIN, 1 - LOG_MIN)
+            lo = max(lim, math.floor(math.log(q[0] / (1 - q[0]))))
+            hi = min(-lim, math.ceil(math.log(q[1] / (1 - q[1]))))
+            if hi - lo < 2:
+                lo, hi = lo - 1, hi + 1
+    return 1.0 / (1.0 + np.exp(-np.linspace(lo, hi, CR_BINS + 1)))
 
 
 def normalised_hist(x: np.ndarray, w: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,10 +95,11 @@ def normalised_hist(x: np.ndarray, w: np.ndarray, edges: np.ndarray) -> tuple[np
     return h / total, np.sqrt(h2) / abs(total)
 
 
-def label_text(ax: Any) -> Any:
-    """'ATLAS Internal' plus a free text line below, as plain text; returns the free text artist."""
+def label_text(ax: Any, simulation: bool = False) -> Any:
+    """'ATLAS [Simulation] Internal' plus a free text line below, as plain text (mplhep's label costs a
+    canvas draw per figure); returns the free text artist. ``simulation``: an MC-only figure."""
     ax.text(0.04, 0.95, "ATLAS", transform=ax.transAxes, va="top", fontweight="bold", style="italic")
-    ax.text(0.165, 0.95, "Internal", transform=ax.transAxes, va="top")
+    ax.text(0.165, 0.95, "Simulation Internal" if simulation else "Internal", transform=ax.transAxes, va="top")
     return ax.text(0.04, 0.87, "", transform=ax.transAxes, va="top", fontsize="small", linespacing=1.4)
 
 
@@ -120,14 +121,6 @@ def _log_label(v: float, _pos: Any = None) -> str:
     return f"{v:g}" if 1e-3 <= v <= 1e3 else f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
-def _minor_log_label(v: float, _pos: Any = None) -> str:
-    """Label the 2× and 5× minor ticks (used when an axis spans two decades or less)."""
-    if v <= 0:
-        return ""
-    mantissa = round(v / 10.0 ** math.floor(math.log10(v)), 6)
-    return _log_label(v) if mantissa in (2.0, 5.0) else ""
-
-
 def _plain_log_labels(axis: Any) -> None:
     """Plain-text log tick labels (0.01, 1e-5): matplotlib's mathtext 10^n labels are re-parsed at every
     save and cost about half of a figure's drawing time."""
@@ -137,8 +130,30 @@ def _plain_log_labels(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _centres(edges: np.ndarray, log_x: bool) -> np.ndarray:
-    return np.sqrt(edges[1:] * edges[:-1]) if log_x else 0.5 * (edges[1:] + edges[:-1])
+def _centres(edges: np.ndarray, logit_x: bool) -> np.ndarray:
+    """Bin centres, in logit space on a logit axis."""
+    if not logit_x:
+        return 0.5 * (edges[1:] + edges[:-1])
+    t = np.log(edges / (1 - edges))
+    return 1.0 / (1.0 + np.exp(-0.5 * (t[1:] + t[:-1])))
+
+
+def _logit_label(p: float, _pos: Any = None) -> str:
+    """Plain tick labels on a logit axis: 0.3, 1e-3, 1−1e-3 (matplotlib's own mix ½ and mathtext)."""
+    if not 0 < p < 1:
+        return ""
+    if p < 0.01:
+        return f"{p:.0e}".replace("e-0", "e-")
+    if p > 0.99:
+        return "1−" + f"{1 - p:.0e}".replace("e-0", "e-")
+    return f"{p:.2g}"
+
+
+def _logit_labels(axis: Any) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(_logit_label))
+    axis.set_minor_formatter(NullFormatter())
 
 
 class _DataMCFigure:
@@ -148,8 +163,8 @@ class _DataMCFigure:
         from matplotlib.figure import Figure
 
         colors, _ = apply_style()
-        self.log_x = log_x
-        edges = np.geomspace(LOG_MIN, 1.0, n_bins + 1) if log_x else np.linspace(0.0, 1.0, n_bins + 1)
+        self.log_x = log_x  # a logit x axis (signal and BIB scores)
+        edges = cr_edges("sig") if log_x else np.linspace(0.0, 1.0, n_bins + 1)
         x, zeros = _centres(edges, log_x), np.zeros(n_bins)
         self.fig = fig = Figure(figsize=(8, 7))
         ax, rx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
@@ -170,9 +185,10 @@ class _DataMCFigure:
         rx.set_ylim(0.0, 2.0)
         rx.set_ylabel("data / MC")
         if log_x:
-            rx.set_xscale("log")
-            _plain_log_labels(rx.xaxis)
-            _plain_log_labels(ax.xaxis)
+            rx.set_xscale("logit")
+            rx.set_xlim(edges[0], edges[-1])
+            _logit_labels(rx.xaxis)
+            _logit_labels(ax.xaxis)
 
     def draw(self, path: Path, cr: CRScores, o: int, edges: np.ndarray, *, xlabel: str, text: str, dpi: int) -> Path:
         d = cr.is_data
@@ -195,11 +211,6 @@ class _DataMCFigure:
         self.rpts.set_xdata(x)
         _set_points(self.rpts, self.rerr, x, ratio, rerr, -np.inf)
         self.rx.set_xlim(edges[0], edges[-1])
-        if self.log_x:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
-
-            few_decades = edges[-1] / edges[0] <= 100.5
-            self.rx.xaxis.set_minor_formatter(FuncFormatter(_minor_log_label) if few_decades else NullFormatter())
         self.text.set_text(text)
         n_mc, n_data = int((~d).sum()), int(d.sum())
         for t, s in zip(self.legend.get_texts(), (f"MC (QCD), {n_mc} jets", f"data, {n_data} jets"), strict=True):
@@ -227,7 +238,7 @@ class _ClassScoresFigure:
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, 1.2)  # the reference's range: a bin holds at most all of a class
         ax.set_ylabel("fraction of jets")
-        self.text = label_text(ax)
+        self.text = label_text(ax, simulation=True)
         self.legend = ax.legend(list(self.steps.values()), [self.names[c] for c in self.steps], loc="upper right",
                                 frameon=False, fontsize="small")  # fmt: skip
 
@@ -267,10 +278,11 @@ def plot_data_vs_mc(path: Path, cr: CRScores, output: str, *, ks: float, pvalue:
     o = dict(OUTPUTS)[output]
     if edges is None:
         edges = cr_edges(output, cr.scores[:, o])
-    fig = _figure("datamc", edges, log_x=output != "qcd")
+    fig = _figure("datamc", edges, log_x=output != "qcd")  # signal, BIB: a logit axis
     ks_text = "K-S: n/a (a sample is empty)" if not math.isfinite(ks) else f"K-S = {ks:.3f}, p = {pvalue:.2g}"
     try:
-        return fig.draw(path, cr, o, edges, xlabel=OUTPUT_TITLES[output], text=f"{subtitle}\n{ks_text}", dpi=dpi)
+        xlabel = OUTPUT_TITLES[output] + ("" if output == "qcd" else " (logit scale)")
+        return fig.draw(path, cr, o, edges, xlabel=xlabel, text=f"{subtitle}\n{ks_text}", dpi=dpi)
     except Exception:
         clear_cache()  # never reuse a figure left half-updated
         raise

@@ -327,11 +327,12 @@ def score_file(
     ignore_scaling_mismatch: bool = False,
 ) -> str:
     """Score ``src`` into ``dst``; returns ``"written"`` or ``"skipped"`` (complete already)."""
-    import h5py
-
+    from .. import outputs
     from ..build.reader import DatasetReader
     from ..progress import Progress
     from ..scaling import ScalingConfig
+
+    outputs.check_output(dst, "scored", [src, model.path])
 
     attrs = _check_source(src)
     kind = attrs[schema.A_KIND]
@@ -363,7 +364,7 @@ def score_file(
     fields = [n for n in ID_FIELDS if n != "label"]
     n_total = attrs.pop("_rows")
     t0 = time.perf_counter()
-    with schema.atomic_output(dst) as tmp, h5py.File(tmp, "w") as f:
+    with schema.atomic_output(dst) as tmp, schema.h5_output(tmp) as f:
         ds = f.create_dataset("jets", shape=(0,), maxshape=(None,), dtype=SCORED_DTYPE,
                               chunks=(schema.JETS_CHUNK,), **schema.compression())  # fmt: skip
         n = 0
@@ -392,7 +393,7 @@ def score_file(
                       "tables (join with the source on runNumber, eventNumber, jet_index; same row order)",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })  # fmt: skip
-        f.attrs[schema.A_COMPLETE] = True  # last: a reader never accepts a file without it
+        schema.mark_complete(f)  # checksums, then the completion mark: last
     dt = time.perf_counter() - t0
     log.info("%s: %d jets scored in %.1f s (%.0f jets/s) → %s", src.name, n, dt, n / max(dt, 1e-9), dst)
     return "written"

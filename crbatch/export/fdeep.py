@@ -19,8 +19,10 @@ moved to (out, k, in), ``bias``; LSTM ``weights`` (in, 4u), ``recurrent_weights`
 (4u), Keras gate order i, f, c, o; BatchNormalization ``moving_mean``, ``moving_variance`` and
 ``beta``/``gamma`` when it centers/scales. Weightless layers have no entry.
 
-No extra top-level key is written (provenance goes to the preprocessing sidecar): frugally-deep
-versions differ in what they accept, and the documented key set is what all of them read.
+One more top-level key, ``crbatch``, carries the provenance (crbatch version, training config,
+dataset build id, chosen epoch and why) and the per-variable preprocessing, the same as the
+sidecar's: frugally-deep reads its keys by name (``json_data["architecture"]``, ...) and ignores
+others, so the file stays loadable by every version.
 
 Only the layer types the CalRatio classifier can contain are accepted (:data:`SUPPORTED`); anything
 else, a nested model, a non-ASCII or duplicate name, a stateful/unrolled/reversed LSTM or a layer
@@ -47,6 +49,7 @@ SUPPORTED = frozenset({
 })  # fmt: skip
 ACTIVATIONS = frozenset({"linear", "relu", "tanh", "sigmoid", "softmax", "elu", "selu", "softplus", "swish", "gelu"})
 KEYS = ("architecture", "image_data_format", "input_shapes", "output_shapes", "tests", "trainable_params", "hash")
+EXTRA_KEY = "crbatch"  # provenance and preprocessing (not read by frugally-deep)
 
 
 # --- float encoding -----------------------------------------------------------------------------------
@@ -211,8 +214,8 @@ def verify(doc: Mapping[str, Any], model: Any) -> float:
     """Check a (re-read) document against ``model``: every array decodes back exactly to the layer's
     weights, the hash matches, and Keras on the decoded test inputs reproduces the stored outputs.
     Returns the largest absolute difference of the test outputs; raises ``ValueError`` on a mismatch."""
-    if set(doc) != set(KEYS):
-        raise ValueError(f"fdeep JSON keys {sorted(doc)} differ from {sorted(KEYS)}")
+    if set(doc) - {EXTRA_KEY} != set(KEYS):
+        raise ValueError(f"fdeep JSON keys {sorted(doc)} differ from {sorted(KEYS)} (+ {EXTRA_KEY})")
     if doc["hash"] != model_hash(model):
         raise ValueError("fdeep JSON hash differs from the model's")
     for layer in model.layers:

@@ -25,7 +25,7 @@ from ..scaling import ScalingConfig, padding_rows
 log = logging.getLogger(__name__)
 
 FORMAT = "crbatch-preprocessing"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-variable preprocessing, provenance (training config, dataset, chosen epoch)
 ONNX_KEY = "crbatch.preprocessing"  # ONNX metadata_props key holding the whole sidecar as JSON text
 CLASS_NAMES = {schema.Label.QCD: "QCD", schema.Label.SIGNAL: "signal", schema.Label.BIB: "BIB"}
 SLOT_ORDER = {"clusters": "pT descending", "tracks": "pT descending", "msegs": "ntuple order (not sorted)"}
@@ -76,6 +76,33 @@ def scaling_from_dataset(path: Path) -> Scaling | None:
         log.warning("%s: no scaling constants in its attributes (scaled = %r)", path, scaled)
         return None
     return Scaling(consts, f"attributes of {path}")
+
+
+def dataset_record(path: Path) -> dict[str, Any]:
+    """Which dataset a model was trained on: its build id (``crbatch build``'s hash of config and
+    inputs) or, for files without one, an identity hashed from the provenance the file does carry."""
+    import hashlib
+
+    import h5py
+
+    rec: dict[str, Any] = {"path": str(path)}
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = schema.read_attrs(f)
+    except (OSError, ValueError) as e:
+        rec.update(build_id=None, identity=None, note=f"unreadable ({e})")
+        return rec
+    bid = attrs.get(getattr(schema, "A_BUILD_ID", "build_id"))
+    prov = {k: attrs.get(k) for k in (schema.A_VERSION, "created", schema.A_N_JETS, schema.A_SCALED)}
+    text = json.dumps([attrs.get(schema.A_CONFIG), attrs.get(schema.A_SHARDS), attrs.get(schema.A_N_JETS)],
+                      sort_keys=True, default=str)  # fmt: skip
+    rec.update(
+        build_id=str(bid) if bid else None,
+        identity=str(bid) if bid else "sha256:" + hashlib.sha256(text.encode()).hexdigest(),
+        shards=len(attrs.get(schema.A_SHARDS) or []),
+        **{k: v for k, v in prov.items() if v is not None},
+    )
+    return rec
 
 
 def mass_feature_count(model: Any) -> int:
@@ -130,9 +157,13 @@ def describe(
     parity: Mapping[str, Any],
     mass_flags: tuple[bool, bool] | None = None,
     mass_scale: str = "GeV / 1000 (TeV)",
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sidecar document (JSON-able)."""
+    """The sidecar document (JSON-able). ``provenance``: ``training_config``, ``dataset``
+    (:func:`dataset_record`) and ``choice`` (the epoch and why), each None when unknown."""
     import keras
+
+    from .preprocess import from_constants
 
     k = mass_feature_count(model)
     extra = mass_names(k, mass_flags)
@@ -189,8 +220,23 @@ def describe(
         if k
         else None,
         "scaling": scaling.as_dict(),
+        "preprocessing": _ops(from_constants(scaling.constants, extra)),
+        **provenance_block(provenance),
         "parity": dict(parity),
     }
+
+
+def _ops(pre: Any) -> dict[str, Any] | None:
+    return None if pre is None else pre.as_dict()
+
+
+PROVENANCE_KEYS = ("training_config", "dataset", "choice")
+
+
+def provenance_block(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The provenance keys of a sidecar (always present; None when unknown)."""
+    p = dict(provenance or {})
+    return {k: p.get(k) for k in PROVENANCE_KEYS}
 
 
 def dumps(doc: Mapping[str, Any]) -> str:
@@ -200,6 +246,8 @@ def dumps(doc: Mapping[str, Any]) -> str:
 def onnx_metadata(doc: Mapping[str, Any]) -> dict[str, str]:
     """``metadata_props`` of the ONNX file: the whole sidecar plus a few flat keys for quick reading."""
     ins: Sequence[Mapping[str, Any]] = doc["inputs"]
+    choice = doc.get("choice") or {}
+    dataset = doc.get("dataset") or {}
     return {
         ONNX_KEY: dumps(doc),
         "crbatch.inputs": ",".join(i["name"] for i in ins),
@@ -208,4 +256,9 @@ def onnx_metadata(doc: Mapping[str, Any]) -> dict[str, str]:
         "crbatch.scaling": str(doc["scaling"]["name"]),
         "crbatch.version": str(doc["crbatch_version"]),
         "crbatch.model_hash": str(doc["model_hash"]),
+        "crbatch.epoch": str(choice.get("epoch", (doc.get("source") or {}).get("epoch", ""))),
+        "crbatch.epoch_why": str(choice.get("why", "")),
+        "crbatch.dataset_build_id": str(dataset.get("build_id") or dataset.get("identity") or ""),
+        "crbatch.training_config": json.dumps(doc.get("training_config"), sort_keys=False),
+        "crbatch.feature_ops": json.dumps(doc.get("preprocessing")),
     }

@@ -113,20 +113,30 @@ class ReportPage:
     :meth:`write` / :meth:`discard` yourself.
     """
 
-    def __init__(self, out_dir: Path, title: str, dpi: int = 100):
+    def __init__(self, out_dir: Path, title: str, dpi: int = 100, pdf: bool = False):
         self.out_dir = Path(out_dir)
         self.title = title
         self.dpi = dpi
+        self.pdf = pdf  # also write each figure as vector PDF next to its PNG (for notes)
         self._blocks: list[_Block] = []
         self._toc: list[_Section] = []
         self._names: set[str] = {"report.md", "index.html"}  # file names taken in the report directory
         self._anchors: set[str] = set()
         self._done = False
+        from ..outputs import check_output
+
+        check_output(self.out_dir, "report")  # it replaces the directory as a whole: never someone else's
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(self.out_dir)
         tag = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.tmp_dir = self.out_dir.with_name(f".{self.out_dir.name}.{tag}{TMP_MARK}")
-        self.tmp_dir.mkdir()
+        try:
+            self.tmp_dir.mkdir()
+        except OSError as e:
+            err = _write_error(self.out_dir, e)
+            if err is e:
+                raise
+            raise err from e
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> ReportPage:
@@ -137,6 +147,10 @@ class ReportPage:
             self.write()
         else:
             self.discard()
+            if isinstance(exc, (OSError, RuntimeError)):  # a figure that could not be saved: disk full, ...
+                err = _write_error(self.out_dir, exc)
+                if err is not exc:
+                    raise err from exc
 
     # -- content ---------------------------------------------------------------------------------
     def section(self, title: str, level: int = 2) -> str:
@@ -152,6 +166,12 @@ class ReportPage:
         hashes = "#" * level
         self._blocks.append(_Block(f"{hashes} {title}\n", f'<h{level} id="{anchor}">{html.escape(title)}</h{level}>'))
         return anchor
+
+    def code(self, text: str, lang: str = "") -> None:
+        """A preformatted block (config files, commands)."""
+        self._blocks.append(
+            _Block(f"```{lang}\n{text.rstrip()}\n```\n", f"<pre><code>{html.escape(text)}</code></pre>")
+        )
 
     def text(self, text: str) -> None:
         """A paragraph. Markdown inline `code` and **bold** are kept in both outputs."""
@@ -215,15 +235,21 @@ class ReportPage:
         closed afterwards (``close=False`` keeps it) so long reports do not pile up memory.
         Returns the file name, relative to the report directory.
         """
-        fname = self._unique(slug(name), self._names) + ".png"
+        stem = self._unique(slug(name), self._names)
+        fname = stem + ".png"
+        vector = None
         try:
             fig.savefig(self.tmp_dir / fname, dpi=self.dpi)
+            if self.pdf:
+                vector = stem + ".pdf"
+                self._names.add(vector)
+                fig.savefig(self.tmp_dir / vector)
         finally:
             if close:
                 import matplotlib.pyplot as plt
 
                 plt.close(fig)
-        self._place(fname, caption)
+        self._place(fname, caption, vector)
         return fname
 
     def image(self, path: Path, name: str | None = None, caption: str = "") -> str:
@@ -259,8 +285,11 @@ class ReportPage:
             (self.tmp_dir / "index.html").write_text(self.html(), encoding="utf-8")
             _fsync_dir_files(self.tmp_dir)
             _swap_into_place(self.tmp_dir, self.out_dir)
-        except BaseException:
+        except BaseException as e:
             self.discard()
+            err = _write_error(self.out_dir, e) if isinstance(e, OSError) else e
+            if err is not e:
+                raise err from e
             raise
         self._done = True
         log.info("wrote report %s (%d files)", self.out_dir / "report.md", sum(1 for _ in self.out_dir.iterdir()))
@@ -291,14 +320,16 @@ class ReportPage:
         )
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _place(self, fname: str, caption: str) -> None:
+    def _place(self, fname: str, caption: str, vector: str | None = None) -> None:
         # alt text is plain: no inline markup, no brackets that would end the markdown image
         alt = re.sub(r"[`*]", "", caption).replace("[", "(").replace("]", ")") or fname
+        link_md = f" ([PDF]({vector}))" if vector else ""
+        link_html = f' <a href="{html.escape(vector)}">PDF</a>' if vector else ""
         self._blocks.append(
             _Block(
-                f"![{_md_cell(alt)}]({fname})\n",
+                f"![{_md_cell(alt)}]({fname}){link_md}\n",
                 f'<figure><a href="{fname}"><img src="{fname}" alt="{html.escape(alt)}" loading="lazy"></a>'
-                + (f"<figcaption>{_inline_html(caption)}</figcaption>" if caption else "")
+                + (f"<figcaption>{_inline_html(caption)}{link_html}</figcaption>" if caption or vector else "")
                 + "</figure>",
             )
         )
@@ -311,6 +342,13 @@ class ReportPage:
             name = f"{base}_{i}"
         taken.add(name)
         return name
+
+
+def _write_error(out_dir: Path, e: BaseException) -> BaseException:
+    """The classified error (exit 20 disk full, 14 read-only/forbidden) for a failed write, or ``e``."""
+    from ..errors import classify_write_error
+
+    return classify_write_error(out_dir, e) or e
 
 
 def _fsync_dir_files(d: Path) -> None:

@@ -80,3 +80,25 @@ def atlas_label(ax, text: str = "Internal") -> None:
     # offset in points ~ width of "ATLAS" at 14 pt bold italic
     ax.annotate(text, xy=(0.04, 0.95), xycoords="axes fraction", xytext=(52, 0), textcoords="offset points",
                 va="top", ha="left", fontsize=14)  # fmt: skip
+
+
+def experiment_label(ax, lines=(), *, data: bool = False, text: str = "Internal"):
+    """mplhep's ATLAS label in the top-left corner — "ATLAS Simulation Internal" (``data=False``, MC-only
+    figures) or "ATLAS Internal" — with √s = 13 TeV and ``lines`` below it. Returns the last text."""
+    import mplhep
+
+    setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = mplhep.atlas.label(ax=ax, loc=4, data=data, text=text, com=13)
+    last = parts[2] or parts[1] or parts[0]
+    body = "\n".join(s for s in lines if s)
+    if body:
+        last = mplhep.append_text(body, last, loc="below", ax=ax, fontsize="small")
+    return last
+
+
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
+MODEL_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)))
+WP_COLORS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300", "#b9ac70")
+"""Petroff's 10-colour sequence (the one the CMS/ATLAS style guides recommend), one per working point."""

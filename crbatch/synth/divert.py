@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, schema
+from .. import __version__, outputs, schema
 from ..errors import ConfigError, CrbatchError, ExitCode, Transient
 from ..progress import Progress
 from . import physics as ph
@@ -471,6 +471,7 @@ def _tree_writer(path: Path, spec: Spec, compression: int) -> Iterator[tuple[obj
              f"mH={spec.mH} mS={spec.mS} dsid={spec.dsid} compression={compression}")  # fmt: skip
     w = ROOT.crbatch_synth.Writer(str(path), TREE, title, compression)
     if not w.ok():
+        open(path, "ab").close()  # ROOT gives no reason: a read-only or forbidden place raises it here (exit 14)
         raise Transient(f"{path}: cannot create the ROOT file; check the directory is writable")
     try:
         cols = {}
@@ -547,6 +548,8 @@ def write_divert(
     if not (0 <= compression < 600 and compression // 100 in (0, 1, 2, 4, 5)):
         raise ConfigError(f"--compression {compression}: use algorithm·100 + level, e.g. 501 (ZSTD), 404 (LZ4)")
     out = Path(out)
+    outputs.check_output(out, "synth", tree=TREE)
+    schema.remove_stale_tmp(out.parent, out.name)
     t0 = time.monotonic()
     sumw = sumw2 = 0.0
     prog = Progress(spec.events, f"synth {spec.data_type} → {out.name}", unit="events")

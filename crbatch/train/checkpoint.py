@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputCorrupt, TrainingDiverged
-from ..schema import atomic_output, remove_stale_tmp
+from ..schema import atomic_output, h5_output, remove_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ def non_finite(state: Any) -> list[str]:
 def write(path: Path, state: Any, meta: dict[str, Any]) -> None:
     """Write ``state`` (host or device arrays) and ``meta`` (JSON-able) to ``path`` atomically, keeping
     the checkpoint it replaces as ``checkpoint.prev.h5``. Refuses a non-finite state (exit 15)."""
-    import h5py
 
     host = to_host(state)
     bad = non_finite(host)
@@ -126,7 +125,7 @@ def write(path: Path, state: Any, meta: dict[str, Any]) -> None:
     text = json.dumps(meta, allow_nan=True)
     remove_stale_tmp(path.parent, path.name)  # left by a killed process on this host
     with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_output(tmp) as f:
             for key, arr in [*((f"state/{k}", a) for k, a in _flatten(host)), ("rng/numpy", keys)]:
                 f.create_dataset(key, data=arr).attrs[A_SHA] = digest(np.asarray(arr))
             f.attrs["meta"] = text

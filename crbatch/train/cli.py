@@ -17,7 +17,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import add_config_arguments, deep_merge, load_yaml, parse_set_items, validation_message
+from .. import outputs, schema
+from ..config import (
+    add_config_arguments,
+    check_overridden,
+    deep_merge,
+    flag_values,
+    load_yaml,
+    parse_set_items,
+    validation_message,
+)
 from ..errors import ConfigError
 from .config import TrainConfig
 
@@ -49,11 +58,10 @@ def register(sub) -> None:
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """What the user gave: ``--config`` YAML < ``--set`` < per-field flags (nested dict)."""
     out: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    out = deep_merge(out, parse_set_items(getattr(args, "set", []) or []))
-    for k, v in vars(args).items():
-        if k.startswith("cfg__") and v is not None:
-            out[k[5:]] = v
-    return out
+    sets, flags = parse_set_items(getattr(args, "set", []) or []), flag_values(args)
+    check_overridden(TrainConfig, [(str(getattr(args, "config", None)), out), ("--set", sets),
+                                   ("the command-line flags", flags)])  # fmt: skip
+    return deep_merge(deep_merge(out, sets), flags)
 
 
 def _validate(data: dict[str, Any], source: str) -> TrainConfig:
@@ -111,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         make_datasets(cfg.data.parent)
     # Check the inputs before creating anything: a bad --data leaves no empty run directory behind.
     TrainData.check_inputs(cfg)
+    if run_dir is not None:  # a directory the user named: never someone else's, never holding the data
+        data = [cfg.dataset_path(r, s) for r in ("main", "cr") for s in ("train", "val", "test")]
+        outputs.check_output(run_dir, "run", data)
     run_dir = runs.claim(cfg.output_dir / cfg.model_name, run_dir)
     # Before anything is written (and before Keras is imported): a second trainer stops here, exit 16.
     with locks.hold(run_dir, "run directory"):
@@ -121,6 +132,8 @@ def _run_locked(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, saved
     from . import runs
     from .loop import StopFlag, train
 
+    for d in (run_dir, run_dir / "epochs", run_dir / "plots"):  # temporaries of a killed or crashed run
+        schema.remove_stale_tmp(d)
     text = cfg.to_yaml()
     env = runs.environment()
     if saved is None:

@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,7 +379,7 @@ def write_history(run_dir: Path, history: dict[str, list[float]]) -> None:
 
 def save_classifier(model, path: Path) -> None:
     """``model.save`` atomically (Keras insists on the ``.keras`` suffix, so via a temporary folder)."""
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = schema.tmp_path_for(path)  # a directory: removed by the next start if this process dies
     tmp.mkdir(parents=True)
     try:
         model.save(tmp / path.name)
@@ -556,7 +555,10 @@ class _Session:
         except _Interrupted:
             return False
         except BaseException:
-            self.save()  # the epoch's training is kept even if its validation fails
+            try:
+                self.save()  # the epoch's training is kept even if its validation fails
+            except Exception as e:  # e.g. the same full disk: the first error is the one to report
+                log.warning("could not write the checkpoint after the validation failed: %s", e)
             raise
         bad = [k for k, v in dict(val_m).items() if "loss" in k and not math.isfinite(float(v))]
         if bad:
