@@ -226,6 +226,11 @@ def dag_text(plan: Plan, work: dict[str, list[Task]]) -> str:
 
 def render(plan: Plan, plan_dir: Path, jobs_dir: Path, site: SiteProfile, work: dict[str, list[Task]]) -> list[Path]:
     """Write the submit files, the items list and the DAG into ``plan_dir``; returns their paths."""
+    if not site.shared_storage and not plan.pipeline.remote:
+        raise ConfigError(
+            f"site {site.name} has no shared file system: set storage to a root:// URL (the jobs then stage their "
+            f"files in and out; docs/batch.md, 'Grid storage'), not the path {plan.pipeline.storage}"
+        )
     files = []
     for stage in (*STAGES, "report"):
         if not plan.stage(stage):  # left out with --until
