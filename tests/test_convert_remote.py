@@ -62,3 +62,17 @@ def test_retries_validated(value, tmp_path):
     rc = main(["convert", "divert", "x.root", "--type", "qcd", "--out", str(tmp_path / "x.h5"), "--set",
                f"retries={value}"])  # fmt: skip
     assert rc == ExitCode.CONFIG
+
+
+def test_truncated_remote_file_exits_11_at_once(remote_dir, synth_file, tmp_path):
+    """A file cut short on the storage is a bad input (11, no retries), not a network error: the server
+    answers, the file is shorter than its own index (it used to be retried as exit 20, ~70 s)."""
+    src = synth_file("qcd", 300, 31)
+    url = remote_dir / "cut.root"
+    storage.put_bytes(src.read_bytes()[:5000], url)
+    out = tmp_path / "x.h5"
+    t0 = time.monotonic()
+    rc = main(["convert", "divert", str(url), "--type", "qcd", "--out", str(out), "--set", "retry_wait=5"])
+    assert rc == ExitCode.INPUT_CORRUPT
+    assert time.monotonic() - t0 < 5  # no retry
+    assert not out.exists()

@@ -43,11 +43,27 @@ def classify_read_error(path: str, e: BaseException) -> CrbatchError:
         return InputMissing(f"{shown(path)}: no such file; check the path")
     if isinstance(e, PermissionError):
         return InputCorrupt(f"{shown(path)}: permission denied; make the file readable")
+    if isinstance(e, OSError) and _is_remote(path) and "expected Chunk of length" in str(e):
+        size = _remote_size(path)  # the server answers: the file is shorter than its own index says
+        if size is not None:
+            return InputCorrupt(f"{shown(path)}: truncated ROOT file ({size} bytes on the storage; a read ran past "
+                                "its end); recopy or regenerate it")  # fmt: skip
     if isinstance(e, OSError) and (e.errno in _TRANSIENT_ERRNO or _is_remote(path)):
         return Transient(f"{shown(path)}: I/O error ({e}); retry")
     if isinstance(e, (OSError, ValueError, EOFError)) or type(e).__module__.startswith("uproot"):
         return InputCorrupt(f"{shown(path)}: {_what_is_wrong(path, e)}; recopy or regenerate it")
     raise e
+
+
+def _remote_size(path: str) -> int | None:
+    """The size of a remote file, None when the storage does not answer (then the error may pass)."""
+    from ..storage import location, single_attempt
+
+    try:
+        with single_attempt():
+            return location(path).size()  # type: ignore[union-attr]
+    except Exception:
+        return None
 
 
 def _what_is_wrong(path: str, e: BaseException) -> str:
