@@ -92,12 +92,12 @@ def test_strict_preference_and_bundling_by_reported_size(rucio_server, tmp_path)
 
 
 def test_unknown_did_and_bad_credentials(rucio_server, tmp_path, monkeypatch):
-    with pytest.raises(InputMissing, match="user.jdoe.nothing"):
+    with pytest.raises(InputMissing, match=r"user\.jdoe\.nothing"):
         make_plan(_pipeline(tmp_path, ["user.jdoe:user.jdoe.nothing"]), "convert")
     (tmp_path / "wrong").mkdir()  # a wrong password (and no token from before)
     monkeypatch.setenv("RUCIO_CONFIG", str(rucio_server.config(tmp_path / "wrong", password="wrong")))
     _forget_rucio_config()
-    with pytest.raises(ConfigError, match="rucio.cfg"):
+    with pytest.raises(ConfigError, match=r"rucio\.cfg"):
         make_plan(_pipeline(tmp_path, ["user.jdoe:user.jdoe.364702.ntuple"]), "convert")
 
 
