@@ -473,6 +473,26 @@ def _upload(chunks: Iterable[bytes], dest: RemotePath, size_hint: int | None = N
                 f.close()
             with contextlib.suppress(Exception):
                 tmp.unlink(missing_ok=True)
+    remove_stale_tmps(dest)
+
+
+def remove_stale_tmps(dest: RemotePath) -> int:
+    """Remove the temporaries of ``dest`` that killed uploads left (older than
+    ``CRBATCH_XRD_STALE_AGE`` seconds, default 3600: a live upload of the same file by another job
+    is younger and kept). Best effort; returns how many went."""
+    import time
+
+    from .schema import TMP_MARK
+
+    age = float(os.environ.get("CRBATCH_XRD_STALE_AGE", "3600"))
+    prefix, n = f".{dest.name}.", 0
+    with contextlib.suppress(Exception), single_attempt():
+        for e in dest.parent.iterdir():
+            if e.name.startswith(prefix) and e.name.endswith(TMP_MARK) and time.time() - e.stat().modtime >= age:
+                e.unlink(missing_ok=True)
+                log.info("removed %s (left by a killed upload)", e)
+                n += 1
+    return n
 
 
 def put_bytes(data: bytes, dest: RemotePath | Path) -> None:

@@ -228,8 +228,11 @@ def test_job_killed_mid_upload_then_resubmitted(remote_dir, synth_file, tmp_path
         assert not s.exists() or storage.is_complete(s, "shard")
     state = collect_status(plan)[plan.stage("convert")[0].job].state
     assert state != "done"
-    # The dead job's sandbox is left behind (kill -9 runs no trap); a new attempt starts afresh.
+    # The dead job's sandbox is left behind (kill -9 runs no trap); a new attempt starts afresh, and its
+    # upload removes the killed one's temporary (older than CRBATCH_XRD_STALE_AGE).
+    monkeypatch.setenv("CRBATCH_XRD_STALE_AGE", "0")
     assert crbatch("submit", y, "--backend", "local", "--until", "convert") == 0
+    assert uploading not in [p.name for p in final.parent.iterdir()]
     for t in plan.stage("convert"):
         for o in t.outputs:
             assert storage.is_complete(storage.location(o), "shard"), o
