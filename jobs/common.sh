@@ -94,11 +94,15 @@ crb_scheduler_id() {
 crb_assemble_plan() {
   local d="$PWD/.crbatch-plan" f
   mkdir -p -- "$d/$CRB_STAGE" || crb_fail_early "cannot create $d"
+  CRB_ASSEMBLED=$d
+  trap 'crb_cleanup' EXIT
   shopt -s nullglob
-  for f in "$CRB_INDEX".*; do mv -f -- "$f" "$d/$CRB_STAGE/"; done
-  for f in paths plan.json *.yaml; do mv -f -- "$f" "$d/"; done
+  for f in "$CRB_INDEX".*; do mv -f -- "$f" "$d/$CRB_STAGE/" || crb_fail_early "cannot move $f into $d"; done
+  for f in paths plan.json *.yaml; do # plan.json: the report job's only
+    if [ -e "$f" ]; then mv -f -- "$f" "$d/" || crb_fail_early "cannot move $f into $d"; fi
+  done
   shopt -u nullglob
-  CRB_PLAN=$d CRB_ASSEMBLED=$d
+  CRB_PLAN=$d
 }
 
 # crb_sandbox: root:// storage: a fresh work directory with the plan as plan/ (removed at exit).

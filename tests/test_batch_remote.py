@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -327,23 +328,21 @@ def _condor_jobs(plan_dir: Path, sub: str, macros: dict[str, str] | None = None)
 def _run_like_condor(ad, scratch: Path, env_extra: dict[str, str]) -> int:
     """What an HTCondor starter with no shared file system does: a fresh scratch directory with the
     transferred files (flat), the executable, the ad's arguments and environment."""
-    import htcondor
-
     scratch.mkdir(parents=True)
     for f in ad["TransferInput"].split(","):
         shutil.copy(f.strip(), scratch)
     exe = scratch / Path(ad["Cmd"]).name
     shutil.copy(ad["Cmd"], exe)
-    env = {"PATH": os.environ["PATH"], "HOME": str(scratch), "_CONDOR_SCRATCH_DIR": str(scratch), **env_extra}
-    for item in htcondor.Submit({"environment": ad["Env"] if "Env" in ad else ad["Environment"]}).get(
-        "environment", ""
-    ).strip('"').split():  # fmt: skip
+    home = scratch.with_name(scratch.name + ".home")  # what the image's tools may cache there is not the job's
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "_CONDOR_SCRATCH_DIR": str(scratch), **env_extra}
+    for item in shlex.split(ad.get("Environment", "")):  # V2 syntax: blank-separated, '...' quoting
         k, _, v = item.partition("=")
-        env[k] = v.strip("'")
-    args = ad["Args"].split() if "Args" in ad else [a.strip("'") for a in ad["Arguments"].split()]
+        env[k] = v
+    args = shlex.split(ad["Arguments"])
     before = set(os.listdir(scratch))
     rc = subprocess.run(["bash", str(exe), *args], cwd=scratch, env=env, capture_output=True, text=True)
-    assert set(os.listdir(scratch)) == before, "the job left files for HTCondor to transfer back"
+    assert set(os.listdir(scratch)) <= before, "the job left files for HTCondor to transfer back"
     return rc.returncode
 
 
@@ -367,17 +366,15 @@ def test_osg_profile_without_shared_storage(remote_dir, synth_file, tmp_path, mo
     for stage in ("convert", "build", "train", "analyze", "report"):
         (ad, *more) = _condor_jobs(plan_dir, f"{stage}.sub", {"CRBATCH_FIRST": "0", "CRBATCH_END": "1"})
         assert not more
-        assert ad["ShouldTransferFiles"] == "YES" and ad["TransferExecutable"] is True
-        assert (ad["Args"] if "Args" in ad else ad["Arguments"]).split()[0].strip("'") == "."
+        assert ad["ShouldTransferFiles"] == "YES" and ad.get("TransferExecutable", True) is True
+        assert shlex.split(ad["Arguments"]) == [".", "0"]  # the job's own directory
         assert ad["SingularityImage"] == "/cvmfs/singularity.opensciencegrid.org/atlas/crbatch:1.2"
-        assert ad["Requirements"] == htcondor.classad.ExprTree("HAS_SINGULARITY == TRUE") or "HAS_SINGULARITY" in str(
-            ad["Requirements"]
-        )
+        assert "HAS_SINGULARITY == true" in str(ad["Requirements"])
         files = [f.strip() for f in ad["TransferInput"].split(",")]
         # every file transferred exists on the submit side: under the plan directory, or jobs/common.sh
         assert all(Path(f).is_file() for f in files), files
         assert all(f.startswith(str(plan_dir)) or f == str(JOBS / "common.sh") for f in files)
-        env = str(ad.get("Env", ad.get("Environment", "")))
+        env = str(ad.get("Environment", ""))
         for text in (env, str(ad["Cmd"])):
             assert str(plan_dir) not in text or text == str(ad["Cmd"])
             for root in local_roots:
