@@ -10,5 +10,8 @@ set -euo pipefail
 
 crb_setup analyze "${1:-}" 0
 crb_status running
-crb_exec "$CRB_TASK.args"
+if crb_stage_in; then
+  crb_exec "$CRB_TASK.args"
+  crb_stage_out
+fi
 crb_finish "$CRB_RC"

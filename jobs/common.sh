@@ -23,6 +23,14 @@
 #   CRBATCH_RETRIES  with CRBATCH_REQUEUE: failures requeued at most this often (default 0)
 #   CRBATCH_LOCKED_WAIT  seconds to wait before exiting 16, so that the scheduler's retries are spaced
 #                    (default 120; the local backend sets 0 and does not retry 16)
+#   CRBATCH_SANDBOX  root:// storage: where the job's sandbox is made (default: HTCondor's scratch
+#                    directory, else $TMPDIR, else /tmp); CRBATCH_KEEP_SANDBOX=1 keeps it
+#   CRBATCH_TRANSFERRED  set by HTCondor submit files of root:// pipelines: the task's plan files were
+#                    transferred into the job's directory (flat); they are put back in a plan directory
+#
+# With root:// storage (the third line of PLAN_DIR/paths) a job has no shared file system: it works in a
+# sandbox (plan/ and storage/, see crbatch/batch/staging.py), stages its inputs in and its outputs out
+# with `crbatch storage`, and uploads its status file, error lines and log to the storage.
 
 export HDF5_USE_FILE_LOCKING=FALSE # shared file systems (Lustre, GPFS, EOS fuse) often lack POSIX locks
 export PYTHONUNBUFFERED=1          # the job log shows progress as it happens
@@ -81,11 +89,50 @@ crb_scheduler_id() {
   fi
 }
 
+# crb_assemble_plan: HTCondor transferred this task's plan files into the job's directory, flat; put
+# them back where the commands name them (a plan directory beside them).
+crb_assemble_plan() {
+  local d="$PWD/.crbatch-plan" f
+  mkdir -p -- "$d/$CRB_STAGE" || crb_fail_early "cannot create $d"
+  CRB_ASSEMBLED=$d
+  trap 'crb_cleanup' EXIT
+  shopt -s nullglob
+  for f in "$CRB_INDEX".*; do mv -f -- "$f" "$d/$CRB_STAGE/" || crb_fail_early "cannot move $f into $d"; done
+  for f in paths plan.json *.yaml; do # plan.json: the report job's only
+    if [ -e "$f" ]; then mv -f -- "$f" "$d/" || crb_fail_early "cannot move $f into $d"; fi
+  done
+  shopt -u nullglob
+  CRB_PLAN=$d
+}
+
+# crb_sandbox: root:// storage: a fresh work directory with the plan as plan/ (removed at exit).
+crb_sandbox() {
+  local base=${CRBATCH_SANDBOX:-${_CONDOR_SCRATCH_DIR:-${TMPDIR:-/tmp}}} plan
+  CRB_WORK=$(mktemp -d -- "$base/crbatch.$CRB_JOB.XXXXXX") || crb_fail_early "cannot create a sandbox in $base"
+  trap 'crb_cleanup' EXIT
+  plan=$(cd -- "$CRB_PLAN" && pwd) || crb_fail_early "cannot read $CRB_PLAN"
+  ln -s -- "$plan" "$CRB_WORK/plan"
+  mkdir -p -- "$CRB_WORK/.status" "$CRB_WORK/.log"
+}
+
+crb_cleanup() { # nothing new is left in the job's directory, so HTCondor transfers nothing back
+  if [ "${CRBATCH_KEEP_SANDBOX:-0}" != 1 ]; then
+    if [ -n "${CRB_WORK:-}" ]; then rm -rf -- "$CRB_WORK"; fi
+    if [ -n "${CRB_ASSEMBLED:-}" ]; then rm -rf -- "$CRB_ASSEMBLED"; fi
+  fi
+}
+
+# crb_storage ARGS...: `crbatch storage ARGS...`, its output into the job's log (root:// storage).
+crb_storage() {
+  "${CRB[@]}" -q storage "$@" >>"$CRB_LOG" 2>&1 </dev/null
+}
+
 # crb_setup STAGE PLAN_DIR INDEX: read the task (job id, status and log locations) and find crbatch.
 crb_setup() {
   CRB_STAGE=$1 CRB_PLAN=$2 CRB_INDEX=$3
   [ -n "$CRB_PLAN" ] || crb_fail_early "usage: $CRB_STAGE.sh PLAN_DIR [INDEX]"
   case "$CRB_INDEX" in '' | *[!0-9]*) crb_fail_early "INDEX must be a number, got '$CRB_INDEX'" ;; esac
+  if [ -n "${CRBATCH_TRANSFERRED:-}" ] && [ -r "$CRB_INDEX.args" ]; then crb_assemble_plan; fi
   CRB_TASK="$CRB_PLAN/$CRB_STAGE/$CRB_INDEX"
   [ -r "$CRB_TASK.args" ] || crb_fail_early "no task $CRB_TASK.args (plan directory not visible on this node?)"
   IFS= read -r CRB_JOB <"$CRB_TASK.job" || true
@@ -94,12 +141,24 @@ crb_setup() {
   local -a paths
   mapfile -d '' -t paths <"$CRB_PLAN/paths"
   [ "${#paths[@]}" -ge 2 ] || crb_fail_early "bad $CRB_PLAN/paths"
-  CRB_STATUS_DIR=${paths[0]} CRB_LOG_DIR=${paths[1]}
-  mkdir -p -- "$CRB_STATUS_DIR" "$CRB_LOG_DIR" || crb_fail_early "cannot create $CRB_STATUS_DIR or $CRB_LOG_DIR"
+  CRB_STATUS_DIR=${paths[0]} CRB_LOG_DIR=${paths[1]} CRB_REMOTE=""
+  case "${paths[2]:-}" in root://* | xroot://* | roots://*) CRB_REMOTE=${paths[2]} ;; esac
+  crb_find || crb_fail_early "crbatch not found: set CRBATCH (or CRBATCH_PYTHON), or put crbatch on PATH"
+  if [ -n "$CRB_REMOTE" ]; then
+    # Status, errors and log are written in the sandbox and uploaded (crb_publish); URLs are recorded.
+    CRB_STATUS_URL="$CRB_STATUS_DIR/$CRB_JOB.status" CRB_ERR_URL="$CRB_STATUS_DIR/$CRB_JOB.err"
+    CRB_LOG_URL="$CRB_LOG_DIR/$CRB_JOB.log"
+    crb_sandbox
+    CRB_STATUS_DIR="$CRB_WORK/.status" CRB_LOG_DIR="$CRB_WORK/.log"
+  else
+    mkdir -p -- "$CRB_STATUS_DIR" "$CRB_LOG_DIR" || crb_fail_early "cannot create $CRB_STATUS_DIR or $CRB_LOG_DIR"
+  fi
   CRB_STATUS="$CRB_STATUS_DIR/$CRB_JOB.status"
   CRB_ERR="$CRB_STATUS_DIR/$CRB_JOB.err"
   CRB_LOG="$CRB_LOG_DIR/$CRB_JOB.log"
-  crb_find || crb_fail_early "crbatch not found: set CRBATCH (or CRBATCH_PYTHON), or put crbatch on PATH"
+  if [ -n "$CRB_REMOTE" ]; then
+    crb_storage get --optional "$CRB_STATUS_URL" "$CRB_STATUS" || crb_say "cannot read $CRB_STATUS_URL (storage down?)"
+  fi
   CRB_SCHED=$(crb_scheduler_id)
   CRB_HOST=${HOSTNAME:-$(uname -n)}
   CRB_START=$(date +%s)
@@ -139,8 +198,41 @@ crb_status() {
       echo "exit=$2"
       echo "scheduler_exit=$3"
     fi
-    echo "log=$CRB_LOG"
+    echo "log=${CRB_LOG_URL:-$CRB_LOG}"
   } >"$tmp" && mv -f -- "$tmp" "$CRB_STATUS"
+  if [ -n "$CRB_REMOTE" ] && [ $# -lt 3 ]; then # the end's status goes up with the log (crb_publish)
+    crb_storage put "$CRB_STATUS" "$CRB_STATUS_URL" || crb_say "cannot upload $CRB_STATUS_URL (storage down?)"
+  fi
+}
+
+# crb_publish: root:// storage: upload this attempt's log (appended), the error lines and the status file.
+crb_publish() {
+  [ -n "$CRB_REMOTE" ] || return 0
+  local -a ops=(put --append "$CRB_LOG" "$CRB_LOG_URL")
+  if [ -s "$CRB_ERR" ]; then ops+=("$CRB_ERR" "$CRB_ERR_URL"); else ops+=(--rm "$CRB_ERR_URL"); fi
+  if [ -s "$CRB_STATUS" ]; then ops+=("$CRB_STATUS" "$CRB_STATUS_URL"); fi
+  "${CRB[@]}" -q storage "${ops[@]}" </dev/null || crb_say "cannot upload the job's status and log to $CRB_REMOTE"
+}
+
+# crb_stage_in: root:// storage: copy the task's inputs into the sandbox; 1 (CRB_RC set) when that failed.
+crb_stage_in() {
+  [ -n "$CRB_REMOTE" ] || return 0
+  crb_run_argv storage stage-in plan "$CRB_STAGE" "$CRB_INDEX"
+  [ "$CRB_RC" = 0 ] || { crb_say "stage-in failed (crbatch exit $CRB_RC)"; return 1; }
+}
+
+# crb_stage_out: root:// storage: copy the task's outputs to the storage (after a failure: only those the
+# plan marks to keep, e.g. the shards of a bundle that were completed); a failed upload makes CRB_RC 20.
+crb_stage_out() {
+  [ -n "$CRB_REMOTE" ] || return 0
+  local rc=$CRB_RC
+  crb_run_argv storage stage-out plan "$CRB_STAGE" "$CRB_INDEX" --rc "$rc"
+  if [ "$CRB_RC" != 0 ]; then
+    crb_say "stage-out failed (crbatch exit $CRB_RC)"
+    if [ "$rc" = 0 ] || [ "$rc" = "$CRB_CHECKPOINT" ]; then CRB_RC=20; else CRB_RC=$rc; fi
+  else
+    CRB_RC=$rc
+  fi
 }
 
 # crb_errors: the error lines of this attempt's log into the .err file (atomically), or remove it.
@@ -169,9 +261,18 @@ crb_forward() {
 crb_exec() {
   local -a args
   mapfile -d '' -t args <"$1"
+  crb_run_argv "${args[@]}"
+}
+
+# crb_run_argv ARGS...: run crbatch ARGS like crb_exec (in the sandbox with root:// storage).
+crb_run_argv() {
   printf '===== %s: job %s attempt %s on %s (%s): crbatch %s\n' "$(date '+%F %T')" "$CRB_JOB" \
-    "$CRB_ATTEMPT" "$CRB_HOST" "$CRB_SCHED" "${args[0]:-}" >>"$CRB_LOG"
-  "${CRB[@]}" "${args[@]}" >>"$CRB_LOG" 2>&1 </dev/null &
+    "$CRB_ATTEMPT" "$CRB_HOST" "$CRB_SCHED" "${1:-}${2:+ $2}" >>"$CRB_LOG"
+  if [ -n "$CRB_REMOTE" ]; then
+    (cd -- "$CRB_WORK" && exec "${CRB[@]}" "$@") >>"$CRB_LOG" 2>&1 </dev/null &
+  else
+    "${CRB[@]}" "$@" >>"$CRB_LOG" 2>&1 </dev/null &
+  fi
   CRB_CHILD=$!
   while :; do
     CRB_SIGNALLED=0
@@ -207,6 +308,7 @@ crb_finish() {
   esac
   if [ "$code" = 0 ]; then rm -f -- "$CRB_ERR"; else crb_errors; fi
   crb_status "$state" "$rc" "$code"
+  crb_publish
   crb_say "job $CRB_JOB: $state (crbatch exit $rc, job exit $code); log: $CRB_LOG"
   if [ "$code" = "$CRB_LOCKED" ]; then
     local wait=${CRBATCH_LOCKED_WAIT:-120}
@@ -230,6 +332,9 @@ crb_finish() {
 crb_main() {
   crb_setup "$@"
   crb_status running
-  crb_exec "$CRB_TASK.args"
+  if crb_stage_in; then
+    crb_exec "$CRB_TASK.args"
+    crb_stage_out
+  fi
   crb_finish "$CRB_RC"
 }

@@ -9,6 +9,8 @@ set -euo pipefail
 
 crb_setup report "${1:-}" 0
 crb_exec "$CRB_TASK.args"
+crb_stage_out # root:// storage: status.md and status.json
+crb_publish
 tail -n 40 -- "$CRB_LOG" >&2 || true
 code=$(crb_map_exit "$CRB_RC")
 crb_say "report: crbatch exit $CRB_RC, job exit $code; log: $CRB_LOG"

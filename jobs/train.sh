@@ -29,10 +29,15 @@ if [ -n "$every" ]; then
   ) &
   timer=$!
 fi
-crb_exec "$CRB_TASK.args"
+if crb_stage_in; then
+  crb_exec "$CRB_TASK.args"
+  if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
+  crb_stage_out # root:// storage: the run directory (checkpoint, history) after every exit
+fi
 if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
 if [ "$CRB_RC" = "$CRB_CHECKPOINT" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "${CRBATCH_MAX_REQUEUES:-50}" ]; then
   crb_status checkpointed "$CRB_RC" "$CRB_RC"
+  crb_publish
   crb_say "checkpoint written; log: $CRB_LOG"
   crb_requeue || true
   exit "$CRB_CHECKPOINT"

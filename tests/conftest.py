@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The XRootD server fixtures (xrootd, remote_dir) of the grid-storage tests.
+pytest_plugins = ["xrootd_helpers"]
+
 # Tools installed into the test environment (ruff, hadolint, crbatch) live beside its python; the
 # README runs the tests as `.venv/bin/python -m pytest` without activating it, so put them on PATH.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from batch_helpers import JOBS, simple_plan
+from batch_helpers import JOBS, REPO, simple_plan
 
 from crbatch.batch import codes, condor
 from crbatch.batch.plan import read_nul_args, write_plan
@@ -110,6 +110,10 @@ def test_every_profile_expands(weird_plan, monkeypatch, site):
     plan, plan_dir = weird_plan
     profile = load_site(site)
     write_plan(plan, plan_dir)
+    if not profile.shared_storage:  # osg: refused on a storage path (tests/test_batch_remote.py runs it on root://)
+        with pytest.raises(ConfigError, match="no shared file system"):
+            condor.render(plan, plan_dir, JOBS, profile, {s: plan.stage(s) for s in plan.tasks})
+        profile = profile.model_copy(update={"shared_storage": True})  # still: every name quoted right
     files = condor.render(plan, plan_dir, JOBS, profile, {s: plan.stage(s) for s in plan.tasks})
     assert {f.name for f in files} >= {"convert.sub", "build.sub", "train.sub", "analyze.sub", "report.sub",
                                        "pipeline.dag", "convert.items"}  # fmt: skip
@@ -313,13 +317,16 @@ def test_submit_runs_condor_submit_dag(tmp_path, monkeypatch, capsys):
     fake.write_text('#!/bin/sh\npwd > "$0.cwd"\nprintf "%s\\n" "$@" > "$0.args"\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    simple_plan(tmp_path, image=IMAGE, site="osg")
+    # osg's keys on shared storage (osg itself needs root:// storage: tests/test_batch_remote.py)
+    site = tmp_path / "osg-shared.yaml"
+    site.write_text((REPO / "submit" / "sites" / "osg.yaml").read_text().replace("shared_storage: false", ""))
+    simple_plan(tmp_path, image=IMAGE, site=str(site))
     assert cli.main(["-q", "submit", str(tmp_path / "pipeline.yaml"), "--backend", "condor", "--output-dir",
                      str(tmp_path / "plan")]) == 0  # fmt: skip
     assert Path(f"{fake}.cwd").read_text().strip() == str(tmp_path / "plan")
     assert Path(f"{fake}.args").read_text().split() == ["-force", "-batch-name", "crbatch-t", "pipeline.dag"]
     assert "MY.SingularityImage" not in (tmp_path / "plan" / "train.sub").read_text()
-    assert "+SingularityImage" in (tmp_path / "plan" / "train.sub").read_text()  # the pipeline's site: osg
+    assert "+SingularityImage" in (tmp_path / "plan" / "train.sub").read_text()  # the pipeline's site
     assert "/opt/crbatch/jobs/train.sh" in (tmp_path / "plan" / "train.sub").read_text()  # the image's jobs/
     assert cli.main(["-q", "submit", str(tmp_path / "pipeline.yaml"), "--backend", "condor", "--dry-run"]) == 0
     assert "dry run; to submit, run:" in capsys.readouterr().out

@@ -62,9 +62,13 @@ def test_inputs(tmp_path):
     bad = pipeline_yaml(tmp_path / "q.yaml", "s", [{"name": "a", "type": "qcd", "files": ["in/nothing*.root"]}])
     with pytest.raises(InputMissing, match="no file matches"):
         make_plan(load_pipeline(bad))
+    # root:// URLs are read in place by the convert jobs (they fail with exit 10 where a file is missing)
     url = pipeline_yaml(tmp_path / "u.yaml", "s", [{"name": "a", "type": "qcd", "files": ["root://eos//x.root"]}])
-    with pytest.raises(ConfigError, match="copy the ntuples"):
-        make_plan(load_pipeline(url))
+    (task,) = make_plan(load_pipeline(url)).stage("convert")
+    assert task.source == "root://eos//x.root" and task.job == "convert.a.x"
+    web = pipeline_yaml(tmp_path / "w.yaml", "s", [{"name": "a", "type": "qcd", "files": ["https://eos/x.root"]}])
+    with pytest.raises(ConfigError, match="root:// URLs"):
+        make_plan(load_pipeline(web))
     twice = pipeline_yaml(tmp_path / "t.yaml", "s", [{"name": "a", "type": "qcd", "files": ["in/x.root"]},
                                                      {"name": "b", "type": "bib", "files": ["in/x.root"]}])  # fmt: skip
     with pytest.raises(ConfigError, match="belongs to one dataset"):

@@ -22,9 +22,12 @@ IMAGE_JOBS_DIR = Path("/opt/crbatch/jobs")  # where the Dockerfile and apptainer
 
 def register(sub) -> None:
     """All three commands."""
+    from . import staging
+
     register_submit(sub)
     register_status(sub)
     register_collect(sub)
+    staging.register(sub)
 
 
 def _set_arg(p: argparse.ArgumentParser) -> None:
@@ -110,16 +113,32 @@ def jobs_dir_for(args: argparse.Namespace, plan, backend: str) -> Path:
     """Where the workers find jobs/*.sh: given, else the crbatch image's copy for containerised HTCondor
     jobs (the Dockerfile installs them in /opt/crbatch/jobs), else this checkout's jobs/."""
     jobs = args.jobs_dir or plan.pipeline.jobs_dir
-    if jobs is None and backend == "condor" and plan.pipeline.image:
+    if jobs is None and backend == "condor" and plan.pipeline.image and not plan.pipeline.remote:
         log.info("jobs_dir: %s (the crbatch image's copy; set jobs_dir for another image)", IMAGE_JOBS_DIR)
         return IMAGE_JOBS_DIR
     # A source checkout has jobs/ beside the package; an installed image sets $CRBATCH_JOBS.
     jobs = Path(os.path.abspath(jobs or os.environ.get("CRBATCH_JOBS") or DEFAULT_JOBS_DIR))
     missing = [s for s in ("common.sh", "convert.sh") if not (jobs / s).is_file()]
-    in_image = backend == "condor" and plan.pipeline.image is not None  # not on this machine: cannot check
+    # not on this machine: cannot check (with root:// storage HTCondor transfers this machine's copy)
+    in_image = backend == "condor" and plan.pipeline.image is not None and not plan.pipeline.remote
     if missing and not in_image:
         raise ConfigError(f"{jobs}: no jobs/*.sh entry scripts here; set jobs_dir in the pipeline or --jobs-dir")
     return jobs
+
+
+def default_plan_dir(plan, backend: str) -> Path:
+    """``<storage>/batch/<name>/<backend>``; with root:// storage a local directory,
+    ``./crbatch-plans/<name>/<backend>`` (the submit side keeps the plan; jobs get it by file transfer
+    or see it on the cluster's shared home)."""
+    if plan.pipeline.remote:
+        return Path("crbatch-plans") / plan.pipeline.name / backend
+    return plan.layout.plan_dir(backend)
+
+
+def scheduler_logs(plan, plan_dir: Path, backend: str) -> Path:
+    """Where the scheduler writes the jobs' own stdout/stderr: ``<storage>/logs/<name>/<backend>/``; with
+    root:// storage (a scheduler writes only local files) ``<plan dir>/logs/``."""
+    return plan_dir / "logs" if plan.pipeline.remote else plan.layout.logs / backend
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -131,7 +150,7 @@ def run_submit(args: argparse.Namespace) -> int:
     plan = load_target(args.pipeline, args.set, args.until)
     p = plan.pipeline
     jobs = jobs_dir_for(args, plan, args.backend)
-    plan_dir = Path(os.path.abspath(args.output_dir or plan.layout.plan_dir(args.backend)))
+    plan_dir = Path(os.path.abspath(args.output_dir or default_plan_dir(plan, args.backend)))
     site = load_site(args.site or p.site) if args.backend == "condor" else None
     states = collect_status(plan)
     work = todo(plan, states)
@@ -147,7 +166,7 @@ def run_submit(args: argparse.Namespace) -> int:
     write_plan(plan, plan_dir, run_dir)
     print(f"plan: {plan_dir}")
     # The schedulers write their own stdout/stderr files there and fail a job whose directory is missing.
-    sched_logs = plan.layout.logs / args.backend
+    sched_logs = scheduler_logs(plan, plan_dir, args.backend)
     try:
         sched_logs.mkdir(parents=True, exist_ok=True)
     except OSError as e:

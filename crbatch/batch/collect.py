@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .. import storage
 from .plan import Plan
 from .status import as_json, collect_status, render_text
 
@@ -24,11 +25,21 @@ RUN_FILES = ("history.json", "history.csv", "config.yaml", "training_details.txt
              "parametrization.json")  # fmt: skip
 
 
-def _copy_tree(src: Path, dst: Path) -> bool:
+def _copy_tree(src, dst: Path) -> bool:
     if not src.is_dir():
         return False
+    if isinstance(src, storage.RemotePath):  # read from root:// storage directly
+        storage.download_tree(src, dst)
+        return True
     shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
     return True
+
+
+def _copy(src, dst: Path) -> None:
+    if isinstance(src, storage.RemotePath):
+        storage.get(src, dst)
+    else:
+        shutil.copy2(src, dst)
 
 
 def collect(plan: Plan, out: Path) -> dict[str, list[str]]:
@@ -45,13 +56,13 @@ def collect(plan: Plan, out: Path) -> dict[str, list[str]]:
     if files or (run / "plots").is_dir():
         (out / "training").mkdir(exist_ok=True)
         for f in files:
-            shutil.copy2(f, out / "training" / f.name)
+            _copy(f, out / "training" / f.name)
         _copy_tree(run / "plots", out / "training" / "plots")
         got["training"] = [str(run)]
     summary = lay.datasets / "summary.json"
     if summary.is_file():
         (out / "datasets").mkdir(exist_ok=True)
-        shutil.copy2(summary, out / "datasets" / "summary.json")
+        _copy(summary, out / "datasets" / "summary.json")
         got["datasets"] = [str(summary)]
     states = collect_status(plan)
     failed = [s for s in states.values() if s.state == "failed"]
@@ -60,7 +71,7 @@ def collect(plan: Plan, out: Path) -> dict[str, list[str]]:
         for s in failed:
             for src, suffix in ((lay.err_file(s.job), ".err"), (lay.log_file(s.job), ".log")):
                 if src.is_file():
-                    shutil.copy2(src, out / "failed" / f"{s.job}{suffix}")
+                    _copy(src, out / "failed" / f"{s.job}{suffix}")
         got["failed"] = [s.job for s in failed]
     text = render_text(plan, states, markdown=True)
     (out / "status.md").write_text(text)

@@ -66,14 +66,28 @@ def classad_string(text: str) -> str:
 def _common(plan: Plan, stage: str, plan_dir: Path, jobs_dir: Path, site: SiteProfile, res: Resources,
             extra_env: dict[str, str]) -> list[tuple[str, str]]:  # fmt: skip
     p, lay = plan.pipeline, plan.layout
-    logs = lay.logs / "condor"
-    env = {"CRBATCH_JOBS": str(jobs_dir), **p.env, **extra_env}
+    if p.remote:  # no shared file system: the scripts and the task's plan files travel with the job
+        logs = plan_dir / "logs"
+        env = {"CRBATCH_TRANSFERRED": "1", **p.env, **extra_env}
+        files = transfer_files(plan, stage, plan_dir, jobs_dir)
+        head = [
+            ("executable", submit_value(str(jobs_dir / SCRIPTS[stage]))),
+            ("transfer_executable", "true"),
+            ("transfer_input_files", files),
+            ("arguments", quote_args([".", "$(idx)"], raw=frozenset({1}))),
+        ]
+    else:
+        logs = lay.logs / "condor"
+        env = {"CRBATCH_JOBS": str(jobs_dir), **p.env, **extra_env}
+        head = [
+            ("executable", submit_value(str(jobs_dir / SCRIPTS[stage]))),
+            # jobs/*.sh source common.sh beside them: run them where they are (shared storage or the image)
+            ("transfer_executable", "false"),
+            ("arguments", quote_args([str(plan_dir), "$(idx)"], raw=frozenset({1}))),
+        ]
     cmds: list[tuple[str, str]] = [
         ("universe", site.universe),
-        ("executable", submit_value(str(jobs_dir / SCRIPTS[stage]))),
-        # jobs/*.sh source common.sh beside them: run them where they are (shared storage or the image)
-        ("transfer_executable", "false"),
-        ("arguments", quote_args([str(plan_dir), "$(idx)"], raw=frozenset({1}))),
+        *head,
         ("environment", quote_env(env)),
         ("output", submit_value(str(logs)) + "/$(job).$(Cluster).$(Process).out"),
         ("error", submit_value(str(logs)) + "/$(job).$(Cluster).$(Process).err"),
@@ -107,6 +121,28 @@ def _common(plan: Plan, stage: str, plan_dir: Path, jobs_dir: Path, site: SitePr
     if res.gpus:
         cmds += list(site.gpu_commands.items())
     return cmds
+
+
+def transfer_files(plan: Plan, stage: str, plan_dir: Path, jobs_dir: Path) -> str:
+    """``transfer_input_files`` of a job on root:// storage: common.sh and the task's plan files
+    (jobs/common.sh puts them back into a plan directory; HTCondor transfers them flat)."""
+    from .plan import PATHS_FILE, PLAN_FILE, STAGE_SUFFIX
+
+    task = "$(idx)"
+    names = [f"{stage}/{task}.args", f"{stage}/{task}.job", f"{stage}/{task}{STAGE_SUFFIX}", PATHS_FILE]
+    if stage in STAGES:
+        names.append(f"{stage}.yaml")
+    if stage == "convert":
+        names.append(f"convert/{task}.inputs.yaml")
+    elif stage == "build":
+        names.append("build.inputs.yaml")
+    elif stage == "report":
+        names.append(PLAN_FILE)
+    files = [jobs_dir / "common.sh", *(plan_dir / n for n in names)]
+    for f in (jobs_dir, plan_dir):
+        if "," in str(f) or str(f) != str(f).strip():
+            raise ConfigError(f"{f}: HTCondor's transfer_input_files cannot name a path with ',' or surrounding blanks")
+    return ", ".join(submit_value(str(f)).replace("$(DOLLAR)(idx)", "$(idx)") for f in files)
 
 
 def _transfer_remap(run_dir: Path) -> str:
@@ -190,6 +226,11 @@ def dag_text(plan: Plan, work: dict[str, list[Task]]) -> str:
 
 def render(plan: Plan, plan_dir: Path, jobs_dir: Path, site: SiteProfile, work: dict[str, list[Task]]) -> list[Path]:
     """Write the submit files, the items list and the DAG into ``plan_dir``; returns their paths."""
+    if not site.shared_storage and not plan.pipeline.remote:
+        raise ConfigError(
+            f"site {site.name} has no shared file system: set storage to a root:// URL (the jobs then stage their "
+            f"files in and out; docs/batch.md, 'Grid storage'), not the path {plan.pipeline.storage}"
+        )
     files = []
     for stage in (*STAGES, "report"):
         if not plan.stage(stage):  # left out with --until

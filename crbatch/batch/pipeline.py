@@ -21,9 +21,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,  # fmt: skip
+)
 
 from ..config import deep_merge, load_yaml, validation_message
 from ..errors import ConfigError
@@ -70,6 +79,20 @@ def check_name(value: str, what: str) -> str:
     if not NAME_RE.match(value):
         raise ValueError(f"{what} {value!r}: use letters, digits, '_', '.', '-' (not first), at most 100")
     return value
+
+
+def _storage_root(v: Any) -> Any:
+    from ..storage import location
+
+    if isinstance(v, str | os.PathLike):
+        if any(c in str(v) for c in "\n\r\0"):
+            raise ValueError(f"{str(v)!r}: a path with a line break cannot be passed to a scheduler")
+        return location(str(v))
+    return v
+
+
+StorageRoot = Annotated[Any, BeforeValidator(_storage_root), PlainSerializer(str, return_type=str)]
+"""A local path or a ``root://`` URL (:class:`crbatch.storage.RemotePath`)."""
 
 
 class Resources(BaseModel):
@@ -132,6 +155,7 @@ class Dataset(BaseModel):
     mS: float | None = Field(None, description="signal: LLP mass, GeV")
     dsid: int | None = Field(None, description="dataset id (default: mcChannelNumber of each file)")
     files: list[str] = Field(default_factory=list, description="files, wildcards or URLs (root://...)")
+    did: list[str] = Field(default_factory=list, description="rucio DIDs (scope:name): their files' replicas")
     file_list: Path | None = Field(None, description="text file: one file, wildcard or URL per line (# comments)")
     build: dict[str, Any] = Field(
         default_factory=dict, description="build options of these shards (use, max_jets, ...)"
@@ -142,17 +166,26 @@ class Dataset(BaseModel):
     def _name(cls, v: str) -> str:
         return check_name(v, "dataset name")
 
-    @field_validator("files", mode="before")
+    @field_validator("files", "did", mode="before")
     @classmethod
     def _one_file(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("did")
+    @classmethod
+    def _did(cls, v: list[str]) -> list[str]:
+        for d in v:
+            scope, sep, name = d.partition(":")
+            if not sep or not scope or not name or any(c.isspace() for c in d):
+                raise ValueError(f"did {d!r}: a rucio DID is scope:name (e.g. user.jdoe:user.jdoe.311423.ntuple)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Dataset:
         from ..convert.config import InputEntry
 
-        if not self.files and self.file_list is None:
-            raise ValueError(f"dataset {self.name}: give files or file_list")
+        if not self.files and self.file_list is None and not self.did:
+            raise ValueError(f"dataset {self.name}: give files, file_list or did")
         try:
             InputEntry(path="x", type=self.type, mH=self.mH, mS=self.mS, dsid=self.dsid)
         except ValidationError as e:
@@ -171,12 +204,23 @@ class Dataset(BaseModel):
 
 
 class ConvertStage(BaseModel):
-    """``crbatch convert divert``: one job per input file."""
+    """``crbatch convert divert``: one job per input file, or per bundle of files."""
 
     model_config = ConfigDict(extra="forbid")
 
     options: dict[str, Any] = Field(default_factory=dict, description="crbatch convert divert config keys")
     resources: Resources = _resources(cpus=1, memory="3 GB", disk="4 GB", runtime="2h", retries=3)
+    files_per_job: int = Field(1, ge=1, le=10000, description="input files converted by one job (each its own shard)")
+    target_runtime: int | None = Field(
+        None, description="instead: group files into jobs of about this long (seconds, '20m'), estimated from the "
+        "file sizes at mb_per_s",
+    )  # fmt: skip
+    mb_per_s: float = Field(80.0, gt=0, description="conversion speed assumed by target_runtime, MB of ntuple per s")
+
+    @field_validator("target_runtime", mode="before")
+    @classmethod
+    def _target(cls, v: Any) -> int | None:
+        return None if v is None else parse_duration_s(v)
 
     @model_validator(mode="after")
     def _check(self) -> ConvertStage:
@@ -274,6 +318,20 @@ class AnalyzeStage(BaseModel):
         return self
 
 
+class RucioOptions(BaseModel):
+    """How ``submit`` turns rucio DIDs into file replicas (the rucio client's own configuration —
+    ``rucio.cfg``, ``$RUCIO_CONFIG``, the account and credentials — is used as it is)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rse_preference: list[str] = Field(
+        default_factory=list, description="RSEs in order of preference; a file without a replica there takes any other"
+    )
+    rse_expression: str | None = Field(None, description="only replicas on RSEs matching this rucio expression")
+    strict: bool = Field(False, description="refuse a file that has no replica on a preferred RSE")
+    scheme: str = Field("root", description="replica protocol (crbatch reads root://)")
+
+
 class SlurmOptions(BaseModel):
     """Site-specific sbatch options (the HTCondor equivalent is the site profile)."""
 
@@ -301,7 +359,10 @@ class Pipeline(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="names the datasets, model, reports, logs and job status on the storage")
-    storage: Path = Field(description="shared storage root, visible to every job (relative: to the YAML file)")
+    storage: StorageRoot = Field(
+        description="storage root: a shared path every job sees (relative: to the YAML file), or root://host//path "
+        "(jobs stage their inputs and outputs through XRootD)"
+    )
     image: str | None = Field(None, description="container image: docker://..., a /cvmfs path or a .sif (null: host)")
     site: str = Field("docker", description="HTCondor site profile: a name in submit/sites/ or a YAML file")
     jobs_dir: Path | None = Field(
@@ -316,13 +377,14 @@ class Pipeline(BaseModel):
     train: TrainStage = Field(default_factory=TrainStage)
     analyze: AnalyzeStage = Field(default_factory=AnalyzeStage)
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    rucio: RucioOptions = Field(default_factory=RucioOptions)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "pipeline name")
 
-    @field_validator("storage", "jobs_dir")
+    @field_validator("jobs_dir")
     @classmethod
     def _path(cls, v: Path | None) -> Path | None:
         if v is not None and any(c in str(v) for c in "\n\r\0"):
@@ -345,7 +407,17 @@ class Pipeline(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"dataset names must be unique: {', '.join(dup)}")
+        if self.remote and self.train.checkpoint == "transfer":
+            raise ValueError("train.checkpoint: transfer is for shared storage; with root:// storage the run "
+                             "directory is staged out at every checkpoint (use checkpoint: shared)")  # fmt: skip
         return self
+
+    @property
+    def remote(self) -> bool:
+        """Storage is an XRootD URL: jobs stage inputs in and outputs out (no shared file system)."""
+        from ..storage import RemotePath
+
+        return isinstance(self.storage, RemotePath)
 
     @property
     def model_name(self) -> str:
@@ -368,11 +440,17 @@ def is_url(text: str) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def is_remote(text: str) -> bool:
+    from ..storage import is_url as xrootd_url
+
+    return xrootd_url(text)
+
+
 def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the YAML's relative paths absolute against ``base`` (the YAML file's directory)."""
     out = dict(data)
     for key in ("storage", "jobs_dir"):
-        if out.get(key) is not None:
+        if out.get(key) is not None and not (isinstance(out[key], str) and is_url(out[key])):
             out[key] = str(_absolute(base, out[key]))
     sets = []
     for d in out.get("datasets") or []:

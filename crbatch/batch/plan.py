@@ -20,16 +20,18 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, InputMissing
+from .. import schema
+from ..errors import ConfigError, CrbatchError, InputMissing
 from ..inputs import expand
+from ..storage import basename, location
 from .layout import Layout
-from .pipeline import Dataset, Pipeline, is_url
+from .pipeline import Dataset, Pipeline, RucioOptions, is_remote, is_url
 
 STAGES = ("convert", "build", "train", "analyze")
 """Pipeline stages in order; each runs after every task of the one before succeeded."""
@@ -49,8 +51,13 @@ class Task:
     index: int
     job: str
     outputs: tuple[str, ...] = ()
-    source: str | None = None  # convert: the input file
+    source: str | None = None  # convert: the input file (the first of a bundle)
     dataset: str | None = None  # convert: the dataset it belongs to
+    sources: tuple[str, ...] = ()  # convert, several files in one job: every input, outputs[i] of sources[i]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.sources or ((self.source,) if self.source is not None else ())
 
 
 @dataclass
@@ -91,27 +98,39 @@ def _patterns(d: Dataset) -> list[str]:
     return pats
 
 
-def dataset_files(d: Dataset) -> list[Path]:
-    """The input files of a dataset: every path, wildcard and file_list line expanded, sorted."""
-    found: list[Path] = []
+def dataset_files(d: Dataset, rucio=None, sizes: dict[str, int] | None = None) -> list[str]:
+    """The input files of a dataset: every path, wildcard and file_list line expanded, ``root://``
+    URLs as they are, rucio DIDs as the replicas :mod:`crbatch.batch.rucio` chooses; sorted.
+    ``sizes``: filled with the file sizes rucio reports (for bundling by runtime)."""
+    found: list[str] = []
     for pat in _patterns(d):
+        if is_remote(pat):
+            found.append(pat)  # read in place over XRootD by crbatch convert
+            continue
         if is_url(pat):
             raise ConfigError(
-                f"dataset {d.name}: {pat}: crbatch convert reads local or mounted files only; "
-                "copy the ntuples to storage (e.g. rucio download) and list those"
+                f"dataset {d.name}: {pat}: crbatch convert reads local or mounted files and root:// URLs; "
+                "list the files' root:// replicas (or a rucio DID), or copy them to storage"
             )
         try:
             hits = expand(pat, (), directories=True)
         except InputMissing as e:
             raise InputMissing(f"dataset {d.name}: {e}") from None
-        found += [Path(os.path.abspath(h)) for h in hits if h.is_file()]
+        found += [os.path.abspath(h) for h in hits if h.is_file()]
+    if d.did:
+        from . import rucio as rucio_mod
+
+        for r in rucio_mod.replicas(d.did, rucio or RucioOptions(), d.name):
+            found.append(r.url)
+            if sizes is not None and r.size is not None:
+                sizes[r.url] = int(r.size)
     seen = Counter(found)
     twice = [str(p) for p, n in seen.items() if n > 1]
     if twice:
         raise ConfigError(f"dataset {d.name}: listed twice: {twice[0]}")
     if not found:
         raise InputMissing(f"dataset {d.name}: no input file")
-    return sorted(found)
+    return sorted(found, key=lambda f: (basename(f), f) if is_remote(f) else ("", f))
 
 
 def natural_stem(name: str) -> str:
@@ -124,17 +143,47 @@ def safe_stem(name: str) -> str:
     return _UNSAFE.sub("_", natural_stem(name)).lstrip(".-")[:120] or "file"
 
 
-def shard_names(files: list[Path]) -> list[str]:
+def shard_names(files: list[Path] | list[str]) -> list[str]:
     """Shard stems of one dataset's files: the file's stem, made safe; a short hash of the full path
     is appended where that changed the name or two files share it, so no shard overwrites another."""
-    stems = [safe_stem(f.name) for f in files]
+    names = [basename(f) for f in files]
+    stems = [safe_stem(n) for n in names]
     count = Counter(stems)
     out = []
-    for f, s in zip(files, stems, strict=True):
-        if count[s] > 1 or natural_stem(f.name) != s:
-            s = f"{s}-{hashlib.sha1(os.fsencode(f)).hexdigest()[:8]}"
+    for f, n, s in zip(files, names, stems, strict=True):
+        if count[s] > 1 or natural_stem(n) != s:
+            s = f"{s}-{hashlib.sha1(os.fsencode(str(f))).hexdigest()[:8]}"
         out.append(s)
     return out
+
+
+def _file_size(f: str, sizes: dict[str, int]) -> int:
+    if f in sizes:
+        return sizes[f]
+    try:
+        return location(f).size() if is_remote(f) else os.path.getsize(f)  # type: ignore[union-attr]
+    except (OSError, CrbatchError):
+        return 0
+
+
+def bundles(files: list[str], p: Pipeline, sizes: dict[str, int]) -> list[list[int]]:
+    """Indices of ``files`` grouped into jobs: ``convert.files_per_job`` at a time, or, with
+    ``convert.target_runtime``, as many as fit in it at ``convert.mb_per_s`` (at least one)."""
+    c = p.convert
+    if c.target_runtime is None:
+        n = c.files_per_job
+        return [list(range(i, min(i + n, len(files)))) for i in range(0, len(files), n)]
+    groups: list[list[int]] = []
+    budget = c.target_runtime * c.mb_per_s * 1024 * 1024
+    used = 0.0
+    for i, f in enumerate(files):
+        size = _file_size(f, sizes)
+        if not groups or (used + size > budget and groups[-1]):
+            groups.append([])
+            used = 0.0
+        groups[-1].append(i)
+        used += size
+    return groups
 
 
 def make_plan(p: Pipeline, until: str = "analyze") -> Plan:
@@ -143,16 +192,24 @@ def make_plan(p: Pipeline, until: str = "analyze") -> Plan:
     lay = layout_of(p)
     plan = Plan(p, lay)
     convert: list[Task] = []
-    owner: dict[Path, str] = {}
+    owner: dict[str, str] = {}
     for d in p.datasets:
-        files = dataset_files(d)
+        sizes: dict[str, int] = {}
+        files = dataset_files(d, p.rucio, sizes)
         for f in files:
             if f in owner:
                 raise ConfigError(f"{f} is in datasets {owner[f]} and {d.name}; a file belongs to one dataset")
             owner[f] = d.name
-        for f, stem in zip(files, shard_names(files), strict=True):
-            out = lay.shards(d.name) / f"{stem}.h5"
-            convert.append(Task("convert", len(convert), f"convert.{d.name}.{stem}", (str(out),), str(f), d.name))
+        stems = shard_names(files)
+        for group in bundles(files, p, sizes):
+            outs = tuple(str(lay.shards(d.name) / f"{stems[i]}.h5") for i in group)
+            srcs = tuple(files[i] for i in group)
+            first = stems[group[0]]
+            if len(group) == 1:
+                convert.append(Task("convert", len(convert), f"convert.{d.name}.{first}", outs, srcs[0], d.name))
+            else:  # one job, every file its own shard
+                job = f"convert.{d.name}.{first}.{len(group)}files"
+                convert.append(Task("convert", len(convert), job, outs, srcs[0], d.name, srcs))
     plan.tasks["convert"] = convert
     datasets = tuple(str(lay.datasets / f"{r}_{s}.h5") for r in ("main", "cr") for s in ("train", "val", "test"))
     plan.tasks["build"] = [Task("build", 0, "build", (*datasets, str(lay.datasets / "summary.json")))]
@@ -213,6 +270,8 @@ def _analyze_keys(p: Pipeline, lay: Layout) -> dict[str, Any]:
     """Storage locations, baselines and the export: the analysis exports the epoch it chose and evaluated
     (not epoch −1), so the model that ships is the one in the report."""
     out: dict[str, Any] = {"base": str(lay.runs), "output_dir": str(lay.reports_base), "name": p.name}
+    if p.remote:  # the sandbox's staged-in copy of the datasets, not the path recorded in the run
+        out["data"] = str(lay.datasets)
     if p.analyze.baselines:
         out["baselines"] = list(p.analyze.baselines)
     ex = p.analyze.export
@@ -227,6 +286,8 @@ def task_commands(plan: Plan, task: Task, plan_dir: Path, run_dir: str) -> dict[
     cfg = lambda stage: str(plan_dir / f"{stage}.yaml")  # noqa: E731
     if task.stage == "convert":
         entry = plan_dir / "convert" / f"{task.index}.inputs.yaml"
+        if task.sources:  # several files: each entry names its shard
+            return {"": ["convert", "divert", str(entry), "--config", cfg("convert")]}
         return {"": ["convert", "divert", str(entry), "--out", task.outputs[0], "--config", cfg("convert")]}
     if task.stage == "build":
         return {"": ["build", str(plan_dir / "build.inputs.yaml"), "--config", cfg("build")]}
@@ -242,32 +303,103 @@ def task_commands(plan: Plan, task: Task, plan_dir: Path, run_dir: str) -> dict[
     raise ValueError(task.stage)
 
 
+SANDBOX_STORAGE = "storage"
+"""With root:// storage: the storage root as a job sees it, relative to its sandbox work directory."""
+SANDBOX_PLAN = "plan"
+"""With root:// storage: the plan directory as a job sees it (jobs/common.sh links or assembles it)."""
+STAGE_SUFFIX = ".stage.json"
+
+
+def sandbox_view(plan: Plan) -> Plan:
+    """The plan as a job on root:// storage sees it: every storage location under ``storage/`` in its
+    sandbox (what it stages in from and out to the storage root)."""
+    root = plan.layout.root
+    lay = Layout(Path(SANDBOX_STORAGE), plan.layout.name, plan.layout.model, plan.layout.run)  # type: ignore[arg-type]
+
+    def local(out: str) -> str:
+        return str(Path(SANDBOX_STORAGE) / location(out).relative_to(root))  # type: ignore[union-attr,arg-type]
+
+    view = Plan(plan.pipeline, lay)
+    view.tasks = {
+        st: [replace(t, outputs=tuple(local(o) for o in t.outputs)) for t in ts] for st, ts in plan.tasks.items()
+    }
+    return view
+
+
+def stage_spec(plan: Plan, task: Task) -> dict[str, Any]:
+    """What a job on root:// storage copies, relative to the storage root and to its ``storage/``:
+    ``in`` before crbatch runs, ``out`` after (``tree``: a directory; ``last``: its completion marks,
+    uploaded after everything else; ``always``: also after a failure; ``complete``: only a file of this
+    crbatch kind that is complete; ``delete_extra``: the remote directory ends as the local one)."""
+    lay = plan.layout
+    rel = lambda where: str(location(str(where)).relative_to(lay.root))  # type: ignore[union-attr]  # noqa: E731
+    datasets, run = rel(lay.datasets), rel(lay.run_dir)
+    if task.stage == "convert":
+        outs = [rel(o) for o in task.outputs]
+        return {"in": [{"rel": o, "optional": True} for o in outs],
+                "out": [{"rel": o, "always": True, "complete": "shard"} for o in outs]}  # fmt: skip
+    if task.stage == "build":
+        shards = [rel(o) for t in plan.stage("convert") for o in t.outputs]
+        return {"in": [{"rel": o, "optional": True} for o in shards],
+                "out": [{"rel": datasets, "tree": True, "last": ["summary.json"], "delete_extra": True}]}  # fmt: skip
+    if task.stage == "train":
+        return {"in": [{"rel": datasets, "tree": True}, {"rel": run, "tree": True, "optional": True}],
+                "out": [{"rel": run, "tree": True, "last": ["history.json"], "always": True}]}  # fmt: skip
+    if task.stage == "analyze":
+        tests = [
+            {"rel": f"{datasets}/{n}", "optional": True}
+            for n in (schema.dataset_filename("main", "test"), schema.dataset_filename("cr", "test"), "summary.json")
+        ]
+        return {"in": [{"rel": run, "tree": True}, *tests],
+                "out": [{"rel": rel(lay.report_dir), "tree": True}, {"rel": rel(lay.exports), "tree": True,
+                                                                    "delete_extra": True}]}  # fmt: skip
+    if task.stage == "report":
+        status_md = rel(lay.report_dir / "status.md")
+        return {"in": [], "out": [{"rel": status_md, "always": True},
+                                  {"rel": status_md.removesuffix(".md") + ".json", "always": True}]}  # fmt: skip
+    raise ValueError(task.stage)
+
+
 def write_plan(plan: Plan, plan_dir: Path, run_dir: str | None = None) -> Path:
     """Write everything the jobs read into ``plan_dir``; returns ``plan_dir`` (absolute).
 
     ``run_dir``: the training's ``--run-dir`` as the job sees it (default: the run directory on the
-    storage; HTCondor's checkpoint-transfer mode uses a sandbox-relative one).
+    storage; HTCondor's checkpoint-transfer mode uses a sandbox-relative one). With root:// storage
+    the commands name the sandbox's ``storage/`` and ``plan/`` (:func:`sandbox_view`), and every
+    task has a ``<index>.stage.json`` (:func:`stage_spec`) for jobs/common.sh to stage by.
     """
     plan_dir = plan_dir.absolute()
+    remote = plan.pipeline.remote
+    view = sandbox_view(plan) if remote else plan
+    seen_dir = Path(SANDBOX_PLAN) if remote else plan_dir  # the plan directory as the commands name it
     lay = plan.layout
-    run_dir = run_dir or str(lay.run_dir)
-    for stage, cfg in stage_configs(plan, run_dir).items():
+    run_dir = run_dir or str(view.layout.run_dir)
+    for stage, cfg in stage_configs(view, run_dir).items():
         write_atomic(plan_dir / f"{stage}.yaml", _yaml(cfg))
     sets = {d.name: d for d in plan.pipeline.datasets}
     build_inputs = []
-    for t in plan.stage("convert"):
+    for t in view.stage("convert"):
         d = sets[t.dataset or ""]
-        entry = {"path": t.source, "type": d.type}
-        entry.update({k: getattr(d, k) for k in ("mH", "mS", "dsid") if getattr(d, k) is not None})
-        write_atomic(plan_dir / "convert" / f"{t.index}.inputs.yaml", _yaml([entry]))
-        build_inputs.append({"path": t.outputs[0], **d.build})
+        entries = []
+        for src, out in zip(t.inputs, t.outputs, strict=True):
+            entry: dict[str, Any] = {"path": src, "type": d.type}
+            entry.update({k: getattr(d, k) for k in ("mH", "mS", "dsid") if getattr(d, k) is not None})
+            if t.sources:
+                entry["out"] = out
+            entries.append(entry)
+            build_inputs.append({"path": out, **d.build})
+        write_atomic(plan_dir / "convert" / f"{t.index}.inputs.yaml", _yaml(entries))
     write_atomic(plan_dir / "build.inputs.yaml", _yaml(build_inputs))
-    for t in plan.all():
-        for suffix, argv in task_commands(plan, t, plan_dir, run_dir).items():
+    for t in view.all():
+        for suffix, argv in task_commands(view, t, seen_dir, run_dir).items():
             name = f"{t.index}.{suffix}.args" if suffix else f"{t.index}.args"
             write_atomic(plan_dir / t.stage / name, nul_args(argv))
         write_atomic(plan_dir / t.stage / f"{t.index}.job", t.job + "\n")
-    write_atomic(plan_dir / PATHS_FILE, nul_args([str(lay.status), str(lay.logs)]))
+    if remote:
+        for t in plan.all():
+            write_atomic(plan_dir / t.stage / f"{t.index}{STAGE_SUFFIX}", json.dumps(stage_spec(plan, t)) + "\n")
+    # status dir, log dir (URLs with root:// storage, which jobs/common.sh then uploads to), storage root
+    write_atomic(plan_dir / PATHS_FILE, nul_args([str(lay.status), str(lay.logs), str(lay.root)]))
     doc = {"pipeline": plan.pipeline.model_dump(mode="json"), "tasks": [asdict(t) for t in plan.all()]}
     write_atomic(plan_dir / PLAN_FILE, json.dumps(doc, indent=1) + "\n")
     return plan_dir
@@ -285,5 +417,6 @@ def load_plan(path: Path) -> Plan:
     p = Pipeline.model_validate(doc["pipeline"])
     plan = Plan(p, layout_of(p))
     for t in doc["tasks"]:
-        plan.tasks.setdefault(t["stage"], []).append(Task(**{**t, "outputs": tuple(t["outputs"])}))
+        t = {**t, "outputs": tuple(t["outputs"]), "sources": tuple(t.get("sources") or ())}
+        plan.tasks.setdefault(t["stage"], []).append(Task(**t))
     return plan

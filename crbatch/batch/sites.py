@@ -109,6 +109,9 @@ class SiteProfile(BaseModel):
     commands: dict[str, str] = Field(default_factory=dict, description="more submit commands, every job")
     gpu_commands: dict[str, str] = Field(default_factory=dict, description="more submit commands, GPU jobs")
     by_runtime: list[RuntimeCommands] = Field(default_factory=list, description="the first that fits applies")
+    shared_storage: bool = Field(
+        True, description="the jobs see the submit side's file systems (false: storage must be a root:// URL)"
+    )
 
     @field_validator("commands", "gpu_commands", mode="before")
     @classmethod

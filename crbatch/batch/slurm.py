@@ -78,7 +78,7 @@ def _resources(p_opts, res: Resources, gpu: bool) -> list[str]:
 def sbatch_calls(plan: Plan, plan_dir: Path, jobs_dir: Path, work: dict[str, list[Task]]) -> list[Sbatch]:
     """The sbatch calls for the tasks in ``work`` (finished tasks are left out)."""
     p, lay = plan.pipeline, plan.layout
-    logs = lay.logs / "slurm"
+    logs = plan_dir / "logs" if p.remote else lay.logs / "slurm"  # sbatch writes local files only
     calls: list[Sbatch] = []
     prev: list[str] = []
     base = ["--parsable", f"--chdir={plan_dir}", "--requeue"]

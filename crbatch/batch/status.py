@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import locks, schema
+from .. import locks, schema, storage
 from ..errors import DO_NOT_RETRY, EXIT_CODE_HELP, ExitCode
 from .plan import STAGES, Plan, Task
 
@@ -80,8 +80,8 @@ def epochs_done(run_dir: Path) -> int:
 def output_done(plan: Plan, task: Task) -> bool:
     """Whether the task's outputs are all there and complete (the job would do nothing)."""
     p, lay = plan.pipeline, plan.layout
-    if task.stage == "convert":
-        return schema.is_complete(Path(task.outputs[0]), "shard")
+    if task.stage == "convert":  # every shard of the task (several with convert.files_per_job)
+        return all(storage.is_complete(storage.location(o), "shard") for o in task.outputs)
     if task.stage == "build":
         return _datasets_done(lay.datasets, ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else []))
     if task.stage == "train":
@@ -99,14 +99,34 @@ def _datasets_done(directory: Path, roles: list[str]) -> bool:
     from ..build.consistency import build_ids
 
     files = [directory / schema.dataset_filename(r, s) for r in roles for s in schema.SPLITS]
-    if not all(schema.is_complete(f, "dataset") for f in files):
+    if not all(storage.is_complete(f, "dataset") for f in files):
         return False
-    ids = set(build_ids(directory).values())
+    ids = set(
+        (remote_build_ids(directory) if isinstance(directory, storage.RemotePath) else build_ids(directory)).values()
+    )
     try:
         summary = json.loads((directory / "summary.json").read_text())
     except (OSError, ValueError):
         return False
     return len(ids) == 1 and isinstance(summary, dict) and summary.get("build_id") in ids
+
+
+def remote_build_ids(directory: storage.RemotePath) -> dict[str, str]:
+    """:func:`crbatch.build.consistency.build_ids` of a directory on root:// storage (read in place)."""
+    import h5py
+
+    out = {}
+    for r in schema.DATASET_ROLES:
+        for sp in schema.SPLITS:
+            f = directory / schema.dataset_filename(r, sp)
+            try:
+                with storage.h5_source(f) as src, h5py.File(src, "r") as h:
+                    v = h.attrs.get(schema.A_BUILD_ID)
+            except (OSError, ValueError, RuntimeError):
+                continue
+            if v is not None:
+                out[f.name] = v.decode() if isinstance(v, bytes) else str(v)
+    return out
 
 
 def _local_pid_dead(scheduler: str, host: str) -> bool:
@@ -154,7 +174,8 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     elif recorded == "done":  # the job finished but its output is gone or incomplete now
         st.state, st.detail = "missing", "output removed or incomplete since the job ran"
     locked = output_dir(plan, task)
-    holder = locks.holder(locked) if locked is not None else None
+    # flock locks do not exist on root:// storage (crbatch.storage): a job there locks its sandbox only
+    holder = locks.holder(locked) if isinstance(locked, Path) else None
     if holder is not None:  # a live process writes the output (e.g. one left by a killed `submit`)
         st.state, st.retry, st.host, st.since = "running", None, holder.host, holder.start
         held = f"{locked.name} locked by {holder.describe()}"

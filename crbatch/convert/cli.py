@@ -74,8 +74,13 @@ def _entries(args: argparse.Namespace, cfg: ConvertDivertConfig) -> list[InputEn
 
 def _expand_all(patterns: list[tuple[Any, str]], suffixes: tuple[str, ...]):
     """(entry, path) for every match, and the outcomes of patterns that matched nothing."""
+    from ..storage import RemotePath, is_url
+
     found, failed = [], []
     for entry, pat in patterns:
+        if is_url(pat):  # read in place over XRootD (no wildcards: a rucio DID lists the files)
+            found.append((entry, RemotePath(pat)))
+            continue
         try:
             found += [(entry, p) for p in expand(pat, suffixes)]
         except CrbatchError as e:
@@ -95,8 +100,31 @@ def run_divert(args: argparse.Namespace) -> int:
         return 0
     sources, failed = _expand_all([(e, e.path) for e in entries], ())
     jobs = runner.plan(sources, cfg.output_dir, args.out)
-    outcomes = runner.run(jobs, lambda job, tmp: convert_divert_file(job.entry, job.src, tmp, cfg), cfg.force)
+    outcomes = runner.run(
+        jobs, lambda job, tmp: with_retries(cfg, str(job.src), lambda: convert_divert_file(job.entry, job.src, tmp, cfg)),
+        cfg.force,
+    )  # fmt: skip
     return int(runner.summarize(failed + outcomes))
+
+
+def with_retries(cfg: ConvertDivertConfig, src: str, convert):
+    """Run ``convert``; a remote input whose read failed on the network is converted again from the
+    start, ``cfg.retries`` times (the pause doubling from ``cfg.retry_wait``), then fails with exit 20."""
+    import time
+
+    from ..storage import is_url
+
+    wait = cfg.retry_wait
+    for attempt in range(cfg.retries + 1):
+        try:
+            return convert()
+        except CrbatchError as e:
+            if e.code != ExitCode.TRANSIENT or not is_url(src) or attempt == cfg.retries:
+                raise
+            log.warning("%s (attempt %d/%d); converting again in %.0f s", e, attempt + 1, cfg.retries + 1, wait)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def run_legacy(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class InputEntry(BaseModel):
     mS: float | None = Field(None, validation_alias=AliasChoices("mS", "llp_mS"))
     dsid: int | None = Field(None, description="dataset id; read from mcChannelNumber when absent")
     output_dir: str | None = Field(None, description="sub-directory of the output directory for this entry")
+    out: str | None = Field(None, description="output file of this entry (a batch job converting several files)")
 
     @model_validator(mode="after")
     def _masses(self) -> InputEntry:
@@ -70,6 +71,10 @@ class ConvertDivertConfig(StageConfig):
     )
     compress: bool = Field(True, description="lz4-compress the shard's tables")
     force: bool = Field(False, description="reconvert even if a complete shard exists")
+    retries: int = Field(
+        3, ge=0, le=100, description="remote (root://) inputs: conversions retried after a network error, then exit 20"
+    )
+    retry_wait: float = Field(10.0, ge=0, description="seconds before the first retry (doubled after each)")
 
     @model_validator(mode="before")
     @classmethod

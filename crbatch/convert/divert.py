@@ -39,15 +39,31 @@ def classify_read_error(path: str, e: BaseException) -> CrbatchError:
     """Map an exception from reading ``path`` to a user-facing error with the right exit code."""
     if isinstance(e, CrbatchError):
         return e
-    if isinstance(e, FileNotFoundError):
+    if isinstance(e, FileNotFoundError) or (_is_remote(path) and "no such file" in str(e).lower()):
         return InputMissing(f"{shown(path)}: no such file; check the path")
     if isinstance(e, PermissionError):
         return InputCorrupt(f"{shown(path)}: permission denied; make the file readable")
+    if isinstance(e, OSError) and _is_remote(path) and "expected Chunk of length" in str(e):
+        size = _remote_size(path)  # the server answers: the file is shorter than its own index says
+        if size is not None:
+            return InputCorrupt(f"{shown(path)}: truncated ROOT file ({size} bytes on the storage; a read ran past "
+                                "its end); recopy or regenerate it")  # fmt: skip
     if isinstance(e, OSError) and (e.errno in _TRANSIENT_ERRNO or _is_remote(path)):
         return Transient(f"{shown(path)}: I/O error ({e}); retry")
     if isinstance(e, (OSError, ValueError, EOFError)) or type(e).__module__.startswith("uproot"):
         return InputCorrupt(f"{shown(path)}: {_what_is_wrong(path, e)}; recopy or regenerate it")
     raise e
+
+
+def _remote_size(path: str) -> int | None:
+    """The size of a remote file, None when the storage does not answer (then the error may pass)."""
+    from ..storage import location, single_attempt
+
+    try:
+        with single_attempt():
+            return location(path).size()  # type: ignore[union-attr]
+    except Exception:
+        return None
 
 
 def _what_is_wrong(path: str, e: BaseException) -> str:
@@ -142,9 +158,20 @@ def _count_summary(hists: dict[str, dict[str, Any]]) -> dict[str, float]:
 def _open(path: str, cfg: ConvertDivertConfig):
     import uproot
 
+    if _is_remote(path):
+        from ..storage import RemotePath, classify, single_attempt
+
+        try:  # a missing file (exit 10) or a server that is down (exit 20; `convert` retries) in one line
+            with single_attempt():
+                RemotePath(path).stat()
+        except Exception as e:
+            raise classify(path, e) from e
     try:
         # Not uproot's MemmapSource: mapped pages count as resident, so RSS would grow with the file.
-        f = uproot.open(path, array_cache=None, object_cache=None)
+        # root://: uproot's own XRootD source (the XRootD bindings). Through fsspec-xrootd 0.5.5 with
+        # xrootd 6.2.1 and uproot 5.7, basket reads fail ("integer argument expected for offset").
+        remote = {"handler": uproot.source.xrootd.XRootDSource} if _is_remote(path) else {}
+        f = uproot.open(path, array_cache=None, object_cache=None, **remote)
         if not _is_remote(path):
             size, end = os.path.getsize(path), int(f.file.fEND)
             if size < end:
@@ -244,7 +271,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
                 schema.A_N_JETS: writer.n,
                 schema.A_SCALED: False,
                 "source_path": str(src.resolve()) if not _is_remote(path) else path,
-                "source_size": os.path.getsize(path) if not _is_remote(path) else -1,
+                "source_size": os.path.getsize(path) if not _is_remote(path) else src.size(),
                 "source_entries": n_entries,
                 "tree": cfg.tree,
                 "llp_mH": masses[0],

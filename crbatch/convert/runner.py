@@ -53,13 +53,18 @@ def plan(sources: Sequence[tuple[Any, Path]], output_dir: Path, out: Path | None
         entry, src = sources[0]
         return [Job(src, out, entry)]
     jobs = []
+    named = set()
     for entry, src in sources:
+        if getattr(entry, "out", None):  # named by the batch plan (several files in one job)
+            jobs.append(Job(src, Path(entry.out), entry))
+            named.add(id(jobs[-1]))
+            continue
         sub = getattr(entry, "output_dir", None)
         d = output_dir / sub if sub else output_dir
         jobs.append(Job(src, d / (src.stem + schema.SHARD_SUFFIX), entry))
     seen = Counter(j.out for j in jobs)
     for j in jobs:
-        if seen[j.out] > 1:
+        if seen[j.out] > 1 and id(j) not in named:
             h = hashlib.sha1(str(j.src.resolve()).encode()).hexdigest()[:8]
             j.out = j.out.with_name(f"{j.src.stem}-{h}{schema.SHARD_SUFFIX}")
     return jobs
@@ -75,17 +80,34 @@ def _existing(job: Job) -> str | None:
         return None
     made_from = attrs.get("source_path")
     src = str(job.src.resolve())
-    if made_from and made_from != src:
+    if made_from and made_from != src and not _same_remote_file(made_from, src):
         raise CrbatchError(
             f"{shown(job.out)}: already holds the shard of {shown(made_from)}, not of {shown(src)}; "
             "use another --output-dir, or --force to replace it",
             ExitCode.CONFIG,
         )
     size = attrs.get("source_size", -1)
-    if size not in (-1, None) and job.src.exists() and os.path.getsize(job.src) != size:
+    if size not in (-1, None) and _source_size(job.src) not in (None, size):
         log.info("redoing %s: %s changed size since it was converted", shown(job.out), shown(job.src))
         return None
     return f"complete ({attrs.get(schema.A_N_JETS, 0)} jets)"
+
+
+def _same_remote_file(made_from: str, src: str) -> bool:
+    """A grid file read from another replica (another root:// URL, or the local copy) is the same
+    file when its name is: replicas move between storage elements, the file name does not."""
+    from ..storage import basename, is_url
+
+    return (is_url(made_from) or is_url(src)) and basename(made_from) == basename(src)
+
+
+def _source_size(src: Any) -> int | None:
+    from ..storage import RemotePath
+
+    try:
+        return src.size() if isinstance(src, RemotePath) else os.path.getsize(src)
+    except (OSError, CrbatchError):
+        return None
 
 
 def run(jobs: Sequence[Job], convert: Callable[[Job, Path], dict[str, Any]], force: bool = False) -> list[Outcome]:
