@@ -85,12 +85,19 @@ def output_done(plan: Plan, task: Task) -> bool:
     if task.stage == "build":
         return _datasets_done(lay.datasets, ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else []))
     if task.stage == "train":
-        return epochs_done(lay.run_dir) >= p.epochs
+        return epochs_done(Path(task.outputs[0])) >= epochs_wanted(plan, task)
     if task.stage == "analyze":
         if not lay.report.is_file():
             return False
         return not p.analyze.export.enabled or any(lay.exports.glob("*.preprocessing.json"))
     return False
+
+
+def epochs_wanted(plan: Plan, task: Task) -> int:
+    """The epochs a training task runs (a campaign may scan ``epochs``)."""
+    from .plan import point_of
+
+    return plan.pipeline.train.epochs_of(point_of(plan.pipeline, task))
 
 
 def _datasets_done(directory: Path, roles: list[str]) -> bool:
@@ -125,7 +132,9 @@ def _local_pid_dead(scheduler: str, host: str) -> bool:
 
 def output_dir(plan: Plan, task: Task) -> Path | None:
     """The directory a task's process locks while it writes (train: the run, build: the datasets)."""
-    return {"train": plan.layout.run_dir, "build": plan.layout.datasets}.get(task.stage)
+    if task.stage == "train":
+        return Path(task.outputs[0])
+    return {"build": plan.layout.datasets}.get(task.stage)
 
 
 def job_status(plan: Plan, task: Task) -> JobStatus:
@@ -138,7 +147,7 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     st.exit = _int(sf.get("exit"))
     recorded = sf.get("state", "")
     if task.stage == "train":
-        st.epochs = (epochs_done(lay.run_dir), plan.pipeline.epochs)
+        st.epochs = (epochs_done(Path(task.outputs[0])), epochs_wanted(plan, task))
         st.detail = f"epoch {st.epochs[0]}/{st.epochs[1]}"
     done = output_done(plan, task)
     if recorded == "running" and _local_pid_dead(st.scheduler, st.host):
