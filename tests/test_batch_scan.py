@@ -151,3 +151,61 @@ def test_task_indices_stay_with_their_run_when_points_are_added(tmp_path):
     for job, i in second.items():
         assert (d / "train" / f"{i}.job").read_text().strip() == job
     assert json.loads((d / "train" / "indices.json").read_text()) == second
+
+
+def test_slurm_campaign_is_one_gpu_array_of_the_missing_runs(tmp_path):
+    from batch_helpers import JOBS
+
+    from crbatch.batch import slurm
+
+    plan = simple_plan(tmp_path, train={"scan": {"adversary_weight": [0, 3, 10, 30]},
+                                        "resources": {"gpus": 1, "throttle": 2}})  # fmt: skip
+    d = write_plan(plan, tmp_path / "plan")
+    work = {"train": [t for t in plan.stage("train") if t.index != 1], "analyze": plan.stage("analyze")}
+    calls = {c.name: c for c in slurm.sbatch_calls(plan, d, JOBS, work)}
+    assert list(calls) == ["train", "analyze", "report"]
+    opts = calls["train"].options
+    assert "--array=0,2-3%2" in opts and "--gres=gpu:1" in opts and any(o.startswith("--signal=B:TERM@") for o in opts)
+    assert any(o.endswith("%x-%A_%a.out") for o in opts) and calls["analyze"].after == ["train"]
+
+
+def test_train_job_runs_the_run_of_its_array_element(tmp_path):
+    """jobs/train.sh: the index is the argument, else the Slurm array element."""
+    from batch_helpers import JOBS, fake_crbatch, job_env
+
+    plan = simple_plan(tmp_path, train={"scan": {"seed": [1, 2, 3]}})
+    d = write_plan(plan, tmp_path / "plan")
+    fake, fake_dir = fake_crbatch(tmp_path)
+    env = job_env(fake, fake_dir, SLURM_ARRAY_TASK_ID="2", SLURM_JOB_ID="77", SLURM_ARRAY_JOB_ID="70")
+    r = subprocess.run(["bash", str(JOBS / "train.sh"), str(d)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    (call,) = fake_dir.glob("call.train.*")
+    assert read_nul_args(call)[1:3] == ["--run-dir", plan.stage("train")[2].outputs[0]]
+    st = (plan.layout.status / "train.seed-3.status").read_text()
+    assert "state=done" in st and "scheduler=slurm:70_2" in st
+
+
+def test_resubmitting_runs_only_the_missing_trainings_and_a_new_point_only_its_own(tmp_path):
+    from crbatch.batch.status import collect_status, todo
+
+    y = tmp_path / "pipeline.yaml"
+    plan = simple_plan(tmp_path, train={"options": {"epochs": 2}, "scan": {"seed": [1, 2]}})
+    first = plan.stage("train")[0]
+    run = tmp_path / first.outputs[0]
+    run.mkdir(parents=True)
+    (run / "history.json").write_text(json.dumps({"epoch": [0, 1]}))  # seed 1: trained
+
+    def work(plan):
+        states = collect_status(plan)
+        for t in [*plan.stage("convert"), *plan.stage("build")]:
+            states[t.job].state = "done"  # the datasets are there
+        return {s: [t.job for t in ts] for s, ts in todo(plan, states).items()}
+
+    assert work(plan) == {"convert": [], "build": [], "train": ["train.seed-2"], "analyze": ["analyze"]}
+    st = collect_status(plan)
+    assert st["train.seed-1"].state == "done" and st["train.seed-1"].epochs == (2, 2)
+    assert st["train.seed-2"].epochs == (0, 2)
+    doc = yaml.safe_load(y.read_text())
+    doc["train"]["scan"]["seed"] = [1, 2, 3]
+    y.write_text(yaml.safe_dump(doc))
+    assert work(make_plan(load_pipeline(y)))["train"] == ["train.seed-2", "train.seed-3"]

@@ -48,6 +48,7 @@ from .analyze_runs import (  # noqa: F401
     parameter_tables,
     parse_run_spec,
 )
+from .campaign_config import CampaignConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class AnalyzeConfig(StageConfig):
     export_dir: Path | None = Field(None, description="export each run's chosen epoch here (crbatch export)")
     export_format: Literal["fdeep", "onnx", "onnx-raw", "all"] = Field("all", description="what the export writes")
     export_check_jets: int = Field(256, ge=1, description="synthetic jets of the export's parity check")
+    campaign: CampaignConfig | None = Field(
+        None, description="compare the runs as one campaign and export only the run its rule selects "
+        "(crbatch.evaluate.campaign; docs/campaigns.md)",
+    )  # fmt: skip
     dpi: int = Field(90, ge=30, description="figure resolution")
     pdf: bool = Field(True, description="a vector PDF beside each PNG")
 
