@@ -61,3 +61,7 @@ class CampaignConfig(BaseModel):
     )
     select: SelectRule = Field(default_factory=SelectRule)  # type: ignore[arg-type]
     export_all: bool = Field(False, description="export every run's chosen epoch, not only the selected run's")
+    details: Literal["selected", "all"] = Field(
+        "selected", description="full test-split sections (every figure) for the selected run only, or for all runs "
+        "(every run's numbers are in metrics.json either way)",
+    )  # fmt: skip
