@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -209,3 +210,32 @@ def test_resubmitting_runs_only_the_missing_trainings_and_a_new_point_only_its_o
     doc["train"]["scan"]["seed"] = [1, 2, 3]
     y.write_text(yaml.safe_dump(doc))
     assert work(make_plan(load_pipeline(y)))["train"] == ["train.seed-2", "train.seed-3"]
+
+
+def test_status_shows_the_campaign_at_a_glance(tmp_path, capsys):
+    from crbatch import cli
+
+    plan = simple_plan(
+        tmp_path, train={"options": {"epochs": 3}, "scan": {"adversary_weight": [0, 10], "seed": [1, 2]}}
+    )
+    t0, t1, t2, _ = plan.stage("train")
+    for t, n in ((t0, 3), (t1, 1)):
+        Path(t.outputs[0]).mkdir(parents=True)
+        (Path(t.outputs[0]) / "history.json").write_text(json.dumps({"epoch": list(range(n))}))
+    status = plan.layout.status
+    status.mkdir(parents=True)
+    (status / f"{t2.job}.status").write_text(f"job={t2.job}\nstate=failed\nexit=13\nattempt=1\n")
+    assert cli.main(["-q", "status", str(tmp_path / "pipeline.yaml"), "--out", str(tmp_path / "st.md")]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith("  adversary_weight")}
+    assert lines == {
+        "adversary_weight-0.seed-1": ["3/3", "done"],
+        "adversary_weight-0.seed-2": ["1/3", "missing"],
+        "adversary_weight-10.seed-1": ["0/3", "failed"],
+        "adversary_weight-10.seed-2": ["0/3", "missing"],
+    }
+    assert "campaign: 4 runs, 1 done" in out
+    md = (tmp_path / "st.md").read_text()
+    assert "| adversary_weight-0.seed-2 | adversary_weight=0, seed=2 | 1/3 | missing |" in md
+    js = json.loads((tmp_path / "st.json").read_text())
+    assert [r["epochs_done"] for r in js["campaign"]] == [3, 1, 0, 0]

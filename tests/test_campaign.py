@@ -84,8 +84,9 @@ def campaign_runs(tmp_path_factory):
         for seed in (1, 2):
             name = f"c.adversary_weight-{lam}.seed-{seed}"
             h = {k: [x * (1 + 0.05 * seed + 0.01 * lam) for x in v] for k, v in HIST2.items()}
-            _make_run(root, name, 0, ds, h, adversary_weight=lam, seed=seed)
-            names.append(name)
+            # the run number seeds the fake run's weights: four different classifiers
+            _make_run(root, name, len(names), ds, h, adversary_weight=lam, seed=seed)
+            names.append(f"{name}/{len(names)}")
     return base, root, names
 
 
@@ -95,7 +96,7 @@ def test_analysis_of_a_campaign_exports_the_selected_run(campaign_runs, tmp_path
     cfg = tmp_path / "analyze.yaml"
     cfg.write_text(yaml.safe_dump({"campaign": {"select": {"background": "QCD", "efficiency": 0.5}}}))
     out, ex = tmp_path / "reports", tmp_path / "exports"
-    args = ["-q", "analyze", *[f"{n}/0" for n in names], "--base", str(root), "--output-dir", str(out), "--name", "c",
+    args = ["-q", "analyze", *names, "--base", str(root), "--output-dir", str(out), "--name", "c",
             "--config", str(cfg), "--no-pdf", "--export-dir", str(ex), "--set", "export_format=onnx"]  # fmt: skip
     assert cli.main(args) == 0
     rep = out / "c"
@@ -138,7 +139,8 @@ def test_analysis_of_a_campaign_exports_the_selected_run(campaign_runs, tmp_path
         assert f"{name}.png" in srcs, name
     # choice.json for every run; `crbatch export NAME/RUN/best` of the selected one is the same model
     for n in names:
-        assert (root / n / "00000" / "choice.json").is_file()
+        name, run = n.split("/")
+        assert (root / name / f"{int(run):05d}" / "choice.json").is_file()
     assert cli.main(["-q", "export", f"{res.selected}/best", "--base", str(root), "--output-dir",
                      str(tmp_path / "again"), "--format", "onnx"]) == 0  # fmt: skip
     (again,) = (tmp_path / "again").glob("*.onnx")
@@ -152,8 +154,8 @@ def test_campaign_with_a_baseline_on_every_comparison(campaign_runs, tmp_path):
     cfg = tmp_path / "a.yaml"
     cfg.write_text(yaml.safe_dump({"campaign": {"select": {"ks_max": 0.9}, "details": "selected"},
                                    "overtraining_jets": 0}))  # fmt: skip
-    assert cli.main(["-q", "analyze", *[f"{n}/0" for n in names[:2]], "--base", str(root), "--output-dir", str(out),
-                     "--name", "c", "--config", str(cfg), "--no-pdf", "--baseline", f"today={names[3]}/0/0"]) == 0  # fmt: skip
+    assert cli.main(["-q", "analyze", *names[:2], "--base", str(root), "--output-dir", str(out),
+                     "--name", "c", "--config", str(cfg), "--no-pdf", "--baseline", f"today={names[3]}/0"]) == 0  # fmt: skip
     doc = read_metrics(out / "c" / "metrics.json")
     res = doc.campaign
     assert [b.label for b in res.baselines] == ["today"] and "QCD" in res.baselines[0].rejection

@@ -254,7 +254,18 @@ def render_text(plan: Plan, states: dict[str, JobStatus], show_all: bool = False
         out.append(f"{'stage':<9}{'jobs':>6}" + "".join(f"{s:>14}" for s in STATES))
         for r in summary_rows(plan, states):
             out.append(f"{r['stage']:<9}{r['jobs']:>6}" + "".join(f"{r[s] or '':>14}" for s in STATES))
-    listed = [st for st in states.values() if show_all or st.state != "done" or st.stage == "train"]
+    camp = campaign_rows(plan, states)
+    if camp:  # a campaign at a glance: one line per run
+        width = max(len(r["run"]) for r in camp)
+        done = sum(r["state"] == "done" for r in camp)
+        if markdown:
+            out += ["", f"Campaign: {len(camp)} runs, {done} done.", "", "| run | options | epochs | state |",
+                    "|---|---|---:|---|"]  # fmt: skip
+            out += [f"| {r['run']} | {r['options']} | {r['epochs']} | {r['state']} |" for r in camp]
+        else:
+            out += ["", f"campaign: {len(camp)} runs, {done} done", f"  {'run':<{width}}  {'epochs':>9}  state"]
+            out += [f"  {r['run']:<{width}}  {r['epochs']:>9}  {r['state']}" for r in camp]
+    listed = [st for st in states.values() if show_all or st.state != "done" or (st.stage == "train" and not camp)]
     order = {s: i for i, s in enumerate(("failed", "running", "checkpointed", "missing", "done"))}
     listed.sort(key=lambda st: (order[st.state], STAGES.index(st.stage), st.job))
     if listed:
@@ -270,6 +281,21 @@ def render_text(plan: Plan, states: dict[str, JobStatus], show_all: bool = False
     return "\n".join(out) + "\n"
 
 
+def campaign_rows(plan: Plan, states: dict[str, JobStatus]) -> list[dict[str, Any]]:
+    """Per run of a campaign (``train.scan``): name, options, epochs done/wanted, state; [] without scan."""
+    from .plan import point_of
+
+    rows = []
+    for t in plan.stage("train"):
+        if not t.run:
+            continue
+        st = states[t.job]
+        done, want = st.epochs or (0, 0)
+        rows.append({"run": t.run, "options": point_of(plan.pipeline, t).label(), "epochs": f"{done}/{want}",
+                     "epochs_done": done, "epochs_wanted": want, "state": st.state, "run_dir": t.outputs[0]})  # fmt: skip
+    return rows
+
+
 def as_json(plan: Plan, states: dict[str, JobStatus]) -> dict[str, Any]:
     return {
         "pipeline": plan.pipeline.name,
@@ -277,5 +303,6 @@ def as_json(plan: Plan, states: dict[str, JobStatus]) -> dict[str, Any]:
         "complete": complete(states),
         "stages": summary_rows(plan, states),
         "jobs": [asdict(s) for s in states.values()],
+        "campaign": campaign_rows(plan, states),
         "report": str(plan.layout.report) if plan.layout.report.is_file() else None,
     }

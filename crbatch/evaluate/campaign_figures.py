@@ -14,7 +14,9 @@ import numpy as np
 
 from . import analyze_figures as F
 from .analyze_results import CampaignResult, RunSection
+from .campaign import set_label
 
+SHORT = {"adversary_weight": "λ", "learning_rate": "lr", "seed": "seed"}  # legend names of common options
 MAX_CURVES = 8  # more runs than this: one ROC per option set (its best run), else the legend is unreadable
 
 
@@ -44,18 +46,20 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
             yerr = [[max(r.value - r.low, 0.0)], [max(r.high - r.value, 0.0) if np.isfinite(r.high) else 0.0]]
             xerr, what = 0.0, "1 run, 68% CL"
         ax.errorbar([x.mean], [y.mean], yerr=yerr, xerr=xerr, fmt=st.marker(i), ms=8, color=color, capsize=3,
-                    mfc=color if s.pareto else "white", mew=1.5, label=f"{s.label} ({what})")  # fmt: skip
-        allx += [*xs, x.mean]
-        ally += [*ys, y.mean]
+                    mfc=color if s.pareto else "white", mew=1.5, label=f"{legend_label(s.options)} ({what})")  # fmt: skip
+        ylo, yhi = (yerr, yerr) if np.isscalar(yerr) else (yerr[0][0], yerr[1][0])  # type: ignore[index]
+        allx += [*xs, x.mean - xerr, x.mean + xerr]
+        ally += [*ys, y.mean - ylo, y.mean + yhi]
     front = sorted((s.ks.mean, s.rejection[background].mean) for s in res.option_sets
                    if s.pareto and s.ks is not None and background in s.rejection)  # fmt: skip
     if front:
         ax.plot(*zip(*front, strict=True), "-", color="0.25", lw=1.2, zorder=0,
                 label="Pareto front (filled markers)")  # fmt: skip
+    ax.plot([], [], "o", ms=4, color="0.5", alpha=0.45, label="single runs (small markers)")
     sel = runs.get(res.selected or "")
     if sel is not None and background in sel.rejection and sel.ks is not None:
         ax.plot([sel.ks], [sel.rejection[background].value], "*", ms=18, mfc="none", mec="k", mew=1.5,
-                label=f"selected: {', '.join(f'{k}={v}' for k, v in sel.options.items())}")  # fmt: skip
+                label=f"selected: {legend_label(sel.options)}")  # fmt: skip
     for j, b in enumerate(res.baselines):
         if background in b.rejection and b.ks is not None:
             ax.plot([b.ks], [b.rejection[background].value], "D", ms=9, color="k", mfc=["k", "0.6", "w"][j % 3],
@@ -79,7 +83,7 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
         pad = 0.1 * (hi - lo) if hi > lo else 0.05
         ax.set_xlim(max(0.0, lo - pad), hi + pad)
     out = rule.get("ks_output", "sig")
-    ax.set_xlabel(f"Data/MC K-S distance of {F.OUTPUT_LABEL[out]} (control region, all jets; smaller: better)")
+    ax.set_xlabel(f"Data/MC K-S distance of {F.OUTPUT_LABEL[out]}, control region")
     ax.set_ylabel(rf"{background} rejection $1/\varepsilon_\mathrm{{B}}$ at $\varepsilon_\mathrm{{S}}$ = "
                   f"{res.efficiency:g}")  # fmt: skip
     ax.legend(loc="upper right", frameon=False, fontsize="xx-small")
@@ -88,13 +92,18 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
     return fig
 
 
+def legend_label(options: dict[str, Any]) -> str:
+    """Options as a legend shows them: ``λ=3, seed=1``."""
+    return set_label({SHORT.get(k, k): v for k, v in options.items()})
+
+
 def short(sections: Sequence[RunSection], res: CampaignResult) -> list[RunSection]:
     """The sections with their options as labels (legends of overlays)."""
     opts = {r.label: r.options for r in res.runs}
     out = []
     for s in sections:
         o = opts.get(s.label) or {}
-        text = ", ".join(f"{k}={v}" for k, v in o.items()) or s.label
+        text = legend_label(o) if o else s.label
         out.append(s.model_copy(update={"label": text}))
     return out
 
