@@ -66,9 +66,14 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
                     label=f"baseline: {b.label[:40]}")  # fmt: skip
             allx.append(b.ks)
             ally.append(b.rejection[background].value)
-    if rule.get("ks_max") is not None:
-        ax.axvline(rule["ks_max"], color="tab:red", ls="--", lw=1.2, label=f"K-S ceiling {rule['ks_max']:g}")
-        allx.append(rule["ks_max"])
+    ceiling = rule.get("ks_max")
+    data_max = max((v for v in allx if np.isfinite(v)), default=0.0)
+    off_scale = ceiling is not None and data_max > 0 and ceiling > 1.5 * data_max
+    if ceiling is not None and not off_scale:  # a far-away ceiling would squeeze the points into a corner
+        ax.axvline(ceiling, color="tab:red", ls="--", lw=1.2, label=f"K-S ceiling {ceiling:g}")
+        allx.append(ceiling)
+    elif off_scale:
+        ax.plot([], [], ls="--", color="tab:red", label=f"K-S ceiling {ceiling:g} (off scale: all pass)")
     y = np.asarray([v for v in ally if np.isfinite(v) and v > 0])
     if y.size and y.max() / y.min() > 20:
         ax.set_yscale("log")
