@@ -239,3 +239,27 @@ def test_status_shows_the_campaign_at_a_glance(tmp_path, capsys):
     assert "| adversary_weight-0.seed-2 | adversary_weight=0, seed=2 | 1/3 | missing |" in md
     js = json.loads((tmp_path / "st.json").read_text())
     assert [r["epochs_done"] for r in js["campaign"]] == [3, 1, 0, 0]
+
+
+def test_example_campaign_renders_for_every_backend(tmp_path):
+    """submit/example-campaign.yaml: 8 runs; the HTCondor DAG has 8 train nodes, Slurm one array of 8."""
+    from batch_helpers import JOBS, REPO
+
+    from crbatch.batch import condor, slurm
+    from crbatch.batch.sites import load_site
+
+    doc = yaml.safe_load((REPO / "submit" / "example-campaign.yaml").read_text())
+    f = touch_inputs(tmp_path / "in", ["a.root"])[0]
+    doc["datasets"] = [{"name": "qcd", "type": "qcd", "files": str(f)}]
+    doc["storage"] = str(tmp_path / "s")
+    y = tmp_path / "c.yaml"
+    y.write_text(yaml.safe_dump(doc))
+    plan = make_plan(load_pipeline(y))
+    assert len(plan.stage("train")) == 8
+    d = write_plan(plan, tmp_path / "plan")
+    work = {s: plan.stage(s) for s in plan.tasks}
+    condor.render(plan, d, JOBS, load_site("docker"), work)
+    dag = (d / "pipeline.dag").read_text()
+    assert sum(ln.startswith("JOB train.") for ln in dag.splitlines()) == 8 and "MAXJOBS train 4" in dag
+    (train,) = [c for c in slurm.sbatch_calls(plan, d, JOBS, work) if c.stage == "train"]
+    assert "--array=0-7%4" in train.options
