@@ -271,7 +271,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     names = {i.spec.name for i in infos}
     name = cfg.name or (names.pop() if len(names) == 1 else "analyze")
     doc = MetricsDoc(crbatch_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     title="Training analysis: " + ", ".join(labels), analysis=cfg.model_dump(mode="json"),
+                     title=(f"Campaign analysis: {name}, {len(labels)} runs" if result is not None
+                            else "Training analysis: " + ", ".join(labels)), analysis=cfg.model_dump(mode="json"),
                      runs=sections, campaign=result)  # fmt: skip
     out = write_report(doc, cfg, cfg.output_dir / name)
     for info, sec in zip(infos, sections, strict=True):

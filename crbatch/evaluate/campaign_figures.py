@@ -14,7 +14,7 @@ import numpy as np
 
 from . import analyze_figures as F
 from .analyze_results import CampaignResult, RunSection
-from .campaign import set_label
+from .campaign import pareto, set_label
 
 SHORT = {"adversary_weight": "λ", "learning_rate": "lr", "seed": "seed"}  # legend names of common options
 MAX_CURVES = 8  # more runs than this: one ROC per option set (its best run), else the legend is unreadable
@@ -29,6 +29,9 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
     runs = {r.label: r for r in res.runs}
     allx: list[float] = []
     ally: list[float] = []
+    # the front of THIS background's rejection (metrics.json's `pareto` is the selection rule's)
+    on_front = pareto([(s.rejection[background].mean if background in s.rejection else None,
+                        s.ks.mean if s.ks else None) for s in res.option_sets])  # fmt: skip
     for i, s in enumerate(res.option_sets):
         members = [runs[x] for x in s.runs if background in runs[x].rejection and runs[x].ks is not None]
         if not members or background not in s.rejection or s.ks is None:
@@ -46,12 +49,12 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
             yerr = [[max(r.value - r.low, 0.0)], [max(r.high - r.value, 0.0) if np.isfinite(r.high) else 0.0]]
             xerr, what = 0.0, "1 run, 68% CL"
         ax.errorbar([x.mean], [y.mean], yerr=yerr, xerr=xerr, fmt=st.marker(i), ms=8, color=color, capsize=3,
-                    mfc=color if s.pareto else "white", mew=1.5, label=f"{legend_label(s.options)} ({what})")  # fmt: skip
+                    mfc=color if on_front[i] else "white", mew=1.5, label=f"{legend_label(s.options)} ({what})")  # fmt: skip
         ylo, yhi = (yerr, yerr) if np.isscalar(yerr) else (yerr[0][0], yerr[1][0])  # type: ignore[index]
         allx += [*xs, x.mean - xerr, x.mean + xerr]
         ally += [*ys, y.mean - ylo, y.mean + yhi]
-    front = sorted((s.ks.mean, s.rejection[background].mean) for s in res.option_sets
-                   if s.pareto and s.ks is not None and background in s.rejection)  # fmt: skip
+    front = sorted((s.ks.mean, s.rejection[background].mean) for s, f in zip(res.option_sets, on_front, strict=True)
+                   if f and s.ks is not None and background in s.rejection)  # fmt: skip
     if front:
         ax.plot(*zip(*front, strict=True), "-", color="0.25", lw=1.2, zorder=0,
                 label="Pareto front (filled markers)")  # fmt: skip
