@@ -49,7 +49,7 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
             yerr = [[max(r.value - r.low, 0.0)], [max(r.high - r.value, 0.0) if np.isfinite(r.high) else 0.0]]
             xerr, what = 0.0, "1 run, 68% CL"
         ax.errorbar([x.mean], [y.mean], yerr=yerr, xerr=xerr, fmt=st.marker(i), ms=8, color=color, capsize=3,
-                    mfc=color if on_front[i] else "white", mew=1.5, label=f"{legend_label(s.options)} ({what})")  # fmt: skip
+                    mfc=color if on_front[i] else "white", mew=1.5, label=f"{legend_label(s.options) if s.options else 'all runs'} ({what})")  # fmt: skip
         ylo, yhi = (yerr, yerr) if np.isscalar(yerr) else (yerr[0][0], yerr[1][0])  # type: ignore[index]
         allx += [*xs, x.mean - xerr, x.mean + xerr]
         ally += [*ys, y.mean - ylo, y.mean + yhi]
