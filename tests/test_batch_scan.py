@@ -263,3 +263,19 @@ def test_example_campaign_renders_for_every_backend(tmp_path):
     assert sum(ln.startswith("JOB train.") for ln in dag.splitlines()) == 8 and "MAXJOBS train 4" in dag
     (train,) = [c for c in slurm.sbatch_calls(plan, d, JOBS, work) if c.stage == "train"]
     assert "--array=0-7%4" in train.options
+
+
+def test_collect_copies_every_run_of_a_campaign(tmp_path):
+    from crbatch.batch.collect import collect
+
+    plan = simple_plan(tmp_path, train={"scan": {"seed": [1, 2]}})
+    for t in plan.stage("train"):
+        d = Path(t.outputs[0])
+        (d / "plots").mkdir(parents=True)
+        (d / "history.json").write_text(json.dumps({"epoch": [0], "seed": t.run}))
+        (d / "plots" / "loss.png").write_bytes(b"png")
+    got = collect(plan, tmp_path / "out")
+    assert len(got["training"]) == 2
+    for t in plan.stage("train"):
+        assert json.loads((tmp_path / "out" / "training" / t.run / "history.json").read_text())["seed"] == t.run
+        assert (tmp_path / "out" / "training" / t.run / "plots" / "loss.png").is_file()
