@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Batch entry point: train (`crbatch train --run-dir RUN`), resuming the run's checkpoint if there is one.
-#   jobs/train.sh PLAN_DIR
+#   jobs/train.sh PLAN_DIR [INDEX]
 # On SIGTERM (HTCondor eviction, Slurm --signal=B:TERM@T, scancel --signal=TERM --batch) crbatch
 # finishes the current step, writes a checkpoint and exits 85; this script passes 85 on:
 #   HTCondor: checkpoint_exit_code = 85 restarts the job, which resumes from the checkpoint;
@@ -13,7 +13,10 @@ set -euo pipefail
 # shellcheck source=common.sh source-path=SCRIPTDIR
 . "${CRBATCH_JOBS:-$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")}/common.sh"
 
-crb_setup train "${1:-}" 0
+# INDEX: the run of a campaign (train/<INDEX>.args); a Slurm array passes it as SLURM_ARRAY_TASK_ID.
+index=${2:-}
+if [ -z "$index" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then index=$SLURM_ARRAY_TASK_ID; fi
+crb_setup train "${1:-}" "${index:-0}"
 crb_status running
 timer=""
 every=${CRBATCH_CHECKPOINT_EVERY:-}

@@ -330,3 +330,30 @@ def test_submit_runs_condor_submit_dag(tmp_path, monkeypatch, capsys):
     assert "/opt/crbatch/jobs/train.sh" in (tmp_path / "plan" / "train.sub").read_text()  # the image's jobs/
     assert cli.main(["-q", "submit", str(tmp_path / "pipeline.yaml"), "--backend", "condor", "--dry-run"]) == 0
     assert "dry run; to submit, run:" in capsys.readouterr().out
+
+
+def test_campaign_has_one_train_node_per_run(tmp_path, monkeypatch):
+    """train.scan: one DAG node per run (throttled by MAXJOBS train), each job ad running its own run."""
+    plan = simple_plan(tmp_path, image=IMAGE, train={"scan": {"adversary_weight": [0, 10], "seed": [1, 2]},
+                                                     "resources": {"throttle": 2, "gpus": 1}})  # fmt: skip
+    plan_dir = write_plan(plan, tmp_path / "plan")
+    work = {s: plan.stage(s) for s in plan.tasks}
+    work["train"] = plan.stage("train")[1:]  # the first run is trained already
+    condor.render(plan, plan_dir, JOBS, load_site("docker"), work)
+    text = (plan_dir / "pipeline.dag").read_text()
+    dag = parse_dag(text)
+    train = plan.stage("train")
+    nodes = {n: v for n, v in dag["nodes"].items() if v["submit"] == "train.sub"}
+    assert sorted(nodes) == sorted(t.job for t in train) and len(nodes) == 4
+    assert [nodes[t.job]["done"] for t in train] == [True, False, False, False]
+    assert "MAXJOBS train 2" in text and all(f"CATEGORY {t.job} train" in text for t in train)
+    assert dag["edges"] >= {("build", t.job) for t in train} | {(t.job, "analyze") for t in train}
+    for t in train:
+        (job,) = expand(plan_dir, "train.sub", monkeypatch, nodes[t.job]["vars"])
+        args = v2_args(job["Arguments"])
+        assert args == [str(plan_dir), str(t.index)] and job["RequestGPUs"] == 1
+        assert job["Out"].endswith(f"/{t.job}.1.0.out"), job["Out"]
+        argv = read_nul_args(plan_dir / "train" / f"{t.index}.args")
+        assert argv[argv.index("--run-dir") + 1] == t.outputs[0]
+    (alone,) = expand(plan_dir, "train.sub", monkeypatch)  # condor_submit train.sub alone: the first run
+    assert v2_args(alone["Arguments"])[1] == "0"

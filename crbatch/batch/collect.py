@@ -7,6 +7,7 @@
     <out>/report/          the analysis report (report.md, index.html, figures)
     <out>/exports/         the exported model (fdeep JSON, ONNX, preprocessing sidecar)
     <out>/training/        the run's history, config, training details and per-epoch plots
+                           (a campaign: training/<run name>/ for each run)
     <out>/datasets/        the build summary
     <out>/failed/          the error lines and the log of every failed job
 """
@@ -51,14 +52,16 @@ def collect(plan: Plan, out: Path) -> dict[str, list[str]]:
         got["report"] = [str(lay.report_dir)]
     if _copy_tree(lay.exports, out / "exports"):
         got["exports"] = [str(lay.exports)]
-    run = lay.run_dir
-    files = [run / f for f in RUN_FILES if (run / f).is_file()]
-    if files or (run / "plots").is_dir():
-        (out / "training").mkdir(exist_ok=True)
-        for f in files:
-            _copy(f, out / "training" / f.name)
-        _copy_tree(run / "plots", out / "training" / "plots")
-        got["training"] = [str(run)]
+    for task in plan.stage("train"):  # a campaign: training/<run name>/ per run
+        run = storage.location(task.outputs[0])
+        dest = out / "training" / task.run if task.run else out / "training"
+        files = [run / f for f in RUN_FILES if (run / f).is_file()]
+        if files or (run / "plots").is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                _copy(f, dest / f.name)
+            _copy_tree(run / "plots", dest / "plots")
+            got.setdefault("training", []).append(str(run))
     summary = lay.datasets / "summary.json"
     if summary.is_file():
         (out / "datasets").mkdir(exist_ok=True)

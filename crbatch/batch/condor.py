@@ -5,6 +5,8 @@
   of safe characters — so no file name ever passes through the submit language. Alone,
   ``condor_submit convert.sub`` converts every file; each DAG node sets the slice to its one line.
 - ``build.sub``, ``train.sub`` (GPU request, ``checkpoint_exit_code``), ``analyze.sub``, ``report.sub``.
+  A campaign (``train.scan``) has one train node per run, its ``VARS`` naming the run's task index and
+  job id, throttled by ``CATEGORY train`` / ``MAXJOBS train`` (``train.resources.throttle``).
 - ``pipeline.dag``: one node per convert job (so a bad file fails alone, and the rescue DAG resubmits
   only what failed), ``VARS`` for the slice, ``RETRY node N UNLESS-EXIT 65`` (65: do not retry, see
   jobs/common.sh), ``PARENT/CHILD`` between stages, ``CATEGORY``/``MAXJOBS`` for the convert
@@ -178,6 +180,11 @@ def submit_text(plan: Plan, stage: str, plan_dir: Path, jobs_dir: Path, site: Si
             "# one job per input file: line <idx> of convert.items (a DAG node sets CRBATCH_FIRST/END to its line)",
             f"queue idx, job from [$(CRBATCH_FIRST:0):$(CRBATCH_END:)] {ITEMS_FILE}",
         ]
+    elif stage == "train":  # one DAG node per run of a campaign; alone, the first run
+        first = min(plan.stage(stage), key=lambda t: t.index)
+        tail = ["# a DAG node sets CRBATCH_IDX/CRBATCH_JOB to its run (train/<idx>.args in the plan directory)",
+                # (a macro default cannot hold '.' or '-': the log files of a lone submit say "train")
+                f"idx = $(CRBATCH_IDX:{first.index})", "job = $(CRBATCH_JOB:train)", "queue"]  # fmt: skip
     else:
         tail = ["idx = 0", f"job = {plan.stage(stage)[0].job}", "queue"]
     return "\n".join([*head, *body, *tail]) + "\n"
@@ -209,12 +216,15 @@ def dag_text(plan: Plan, work: dict[str, list[Task]]) -> str:
             vars_ = 'CRBATCH_RETRIES="0"'
             if stage == "convert":
                 vars_ = f'CRBATCH_FIRST="{t.index}" CRBATCH_END="{t.index + 1}" ' + vars_
+            if stage == "train" and t.run:
+                vars_ = f'CRBATCH_IDX="{t.index}" CRBATCH_JOB="{t.job}" ' + vars_
             out.append(f"VARS {name} {vars_}")
             out.append(f"RETRY {name} {res.retries} UNLESS-EXIT {codes.DO_NOT_RETRY}")
-            if stage == "convert" and res.throttle:
-                out.append(f"CATEGORY {name} convert")
-    if p.convert.resources.throttle:
-        out.append(f"MAXJOBS convert {p.convert.resources.throttle}")
+            if stage in ("convert", "train") and res.throttle:
+                out.append(f"CATEGORY {name} {stage}")
+    for stage in ("convert", "train"):  # at most this many jobs of the stage at once (a campaign: GPUs)
+        if getattr(p, stage).resources.throttle:
+            out.append(f"MAXJOBS {stage} {getattr(p, stage).resources.throttle}")
     for before, after in itertools.pairwise([s for s in STAGES if plan.stage(s)]):
         parents = " ".join(node_name(t) for t in plan.stage(before))
         children = " ".join(node_name(t) for t in plan.stage(after))

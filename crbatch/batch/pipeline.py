@@ -36,6 +36,7 @@ from pydantic import (
 
 from ..config import deep_merge, load_yaml, validation_message
 from ..errors import ConfigError
+from ..evaluate.campaign_config import CampaignConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 """Names that become directory names, job names and scheduler tokens: no quoting needed anywhere."""
@@ -262,6 +263,13 @@ class TrainStage(BaseModel):
         None, description="seconds: also checkpoint and exit 85 this often (HTCondor self-checkpointing)"
     )
     max_requeues: int = Field(50, ge=0, description="Slurm: requeue a checkpointed job at most this many times")
+    scan: dict[str, list[Any]] = Field(
+        default_factory=dict, description="campaign: training options and their values; every combination is one "
+        "run (crbatch/batch/scan.py)",
+    )  # fmt: skip
+    option_sets: list[dict[str, Any]] = Field(
+        default_factory=list, description="campaign: explicit sets of training options, each combined with the scan"
+    )
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -276,7 +284,26 @@ class TrainStage(BaseModel):
         _check_options(TrainConfig, self.options, reserved)
         if "model_name" in self.options:
             check_name(str(self.options["model_name"]), "train.options.model_name")
+        from .scan import check_points, expand
+
+        points = expand(self.scan, self.option_sets)
+        check_points(points, self.options)
+        if len(points) > 1 and self.checkpoint == "transfer":
+            raise ValueError("train.checkpoint: transfer holds one run directory per job description; "
+                             "a campaign (train.scan) needs checkpoint: shared")  # fmt: skip
         return self
+
+    @property
+    def points(self) -> list[Any]:
+        """The runs: one :class:`~crbatch.batch.scan.RunPoint` per training (one unnamed without scan)."""
+        from .scan import expand
+
+        return expand(self.scan, self.option_sets)
+
+    def epochs_of(self, point: Any) -> int:
+        from ..train.config import TrainConfig
+
+        return int({**self.options, **point.options}.get("epochs", TrainConfig.model_fields["epochs"].default))
 
 
 class ExportOptions(BaseModel):
@@ -306,6 +333,10 @@ class AnalyzeStage(BaseModel):
         "relative file paths: to the pipeline YAML)",
     )  # fmt: skip
     export: ExportOptions = Field(default_factory=ExportOptions)
+    campaign: CampaignConfig = Field(
+        default_factory=CampaignConfig, description="a campaign (train.scan): option-set grouping and the rule "
+        "that picks the exported run (docs/campaigns.md)",
+    )  # fmt: skip
     resources: Resources = _resources(cpus=2, memory="8 GB", disk="4 GB", runtime="4h", retries=2)
 
     @model_validator(mode="after")
@@ -313,7 +344,7 @@ class AnalyzeStage(BaseModel):
         if self.options:  # importing the analysis costs seconds: only when there is something to check
             from ..evaluate.analyze import AnalyzeConfig
 
-            _check_options(AnalyzeConfig, self.options, {"runs", "base", "output_dir", "name", "baselines",
+            _check_options(AnalyzeConfig, self.options, {"runs", "base", "output_dir", "name", "baselines", "campaign",
                                                          "export_dir", "export_format", "export_check_jets"})  # fmt: skip
         return self
 

@@ -54,6 +54,7 @@ class Task:
     source: str | None = None  # convert: the input file (the first of a bundle)
     dataset: str | None = None  # convert: the dataset it belongs to
     sources: tuple[str, ...] = ()  # convert, several files in one job: every input, outputs[i] of sources[i]
+    run: str | None = None  # train in a campaign: the run's name (crbatch/batch/scan.py)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -213,7 +214,7 @@ def make_plan(p: Pipeline, until: str = "analyze") -> Plan:
     plan.tasks["convert"] = convert
     datasets = tuple(str(lay.datasets / f"{r}_{s}.h5") for r in ("main", "cr") for s in ("train", "val", "test"))
     plan.tasks["build"] = [Task("build", 0, "build", (*datasets, str(lay.datasets / "summary.json")))]
-    plan.tasks["train"] = [Task("train", 0, "train", (str(lay.run_dir),))]
+    plan.tasks["train"] = train_tasks(p, lay)
     outs = [str(lay.report)]
     if p.analyze.export.enabled:
         outs.append(str(lay.exports))
@@ -222,6 +223,42 @@ def make_plan(p: Pipeline, until: str = "analyze") -> Plan:
     for stage in STAGES[STAGES.index(until) + 1 :]:
         del plan.tasks[stage]
     return plan
+
+
+def train_tasks(p: Pipeline, lay: Layout, indices: dict[str, int] | None = None) -> list[Task]:
+    """One training job per run of the campaign (one job ``train`` without scan); ``indices``: the
+    task index of each job id (default: the runs' order; crbatch/batch/scan.py keeps them stable)."""
+    from .scan import job_of, run_dir_of
+
+    out = []
+    for i, pt in enumerate(p.train.points):
+        job = job_of(pt)
+        out.append(Task("train", (indices or {}).get(job, i), job,
+                        (str(run_dir_of(lay.runs, p.model_name, pt, p.train.run)),), run=pt.name or None))  # fmt: skip
+    return out
+
+
+def point_of(p: Pipeline, task: Task) -> Any:
+    """The :class:`~crbatch.batch.scan.RunPoint` of a training task."""
+    return next(pt for pt in p.train.points if (pt.name or None) == task.run)
+
+
+def train_config(plan: Plan, task: Task) -> dict[str, Any]:
+    """The config file of one training: ``train.options``, the run's own options, the storage."""
+    from .scan import model_of
+
+    p, lay = plan.pipeline, plan.layout
+    pt = point_of(p, task)
+    return {**p.train.options, **pt.options, "data": str(lay.datasets), "output_dir": str(lay.runs),
+            "model_name": model_of(p.model_name, pt)}  # fmt: skip
+
+
+def run_specs(plan: Plan) -> list[str]:
+    """``NAME/RUN`` of every training of the plan (what the analysis reads)."""
+    from .scan import model_of
+
+    p = plan.pipeline
+    return [f"{model_of(p.model_name, pt)}/{p.train.run}" for pt in p.train.points]
 
 
 # --- the plan directory ------------------------------------------------------------------------
@@ -274,6 +311,13 @@ def _analyze_keys(p: Pipeline, lay: Layout) -> dict[str, Any]:
         out["data"] = str(lay.datasets)
     if p.analyze.baselines:
         out["baselines"] = list(p.analyze.baselines)
+    points = p.train.points
+    if len(points) > 1 and p.analyze.campaign.enabled:  # a campaign: one comparison, the selected run exported
+        from .scan import model_of
+
+        camp = p.analyze.campaign.model_dump(mode="json")
+        camp["options"] = {model_of(p.model_name, pt): dict(pt.options) for pt in points}
+        out["campaign"] = camp
     ex = p.analyze.export
     if ex.enabled:
         out.update(export_dir=str(lay.exports), export_format=ex.format, export_check_jets=ex.check_jets)
@@ -292,12 +336,15 @@ def task_commands(plan: Plan, task: Task, plan_dir: Path, run_dir: str) -> dict[
     if task.stage == "build":
         return {"": ["build", str(plan_dir / "build.inputs.yaml"), "--config", cfg("build")]}
     if task.stage == "train":
+        if task.run:  # a campaign's run: its own config and run directory
+            own = str(plan_dir / "train" / f"{task.index}.yaml")
+            return {"": ["train", "--run-dir", task.outputs[0], "--config", own]}
         return {"": ["train", "--run-dir", run_dir, "--config", cfg("train")]}
     if task.stage == "analyze":
-        spec = f"{p.model_name}/{p.train.run}"
+        specs = run_specs(plan)
         if p.analyze.export.epoch is not None:
-            spec += f"/{p.analyze.export.epoch}"
-        return {"": ["analyze", spec, "--config", cfg("analyze")]}
+            specs = [f"{s}/{p.analyze.export.epoch}" for s in specs]
+        return {"": ["analyze", *specs, "--config", cfg("analyze")]}
     if task.stage == "report":
         return {"": ["status", str(plan_dir), "--out", task.outputs[0], "--check"]}
     raise ValueError(task.stage)
@@ -333,7 +380,7 @@ def stage_spec(plan: Plan, task: Task) -> dict[str, Any]:
     crbatch kind that is complete; ``delete_extra``: the remote directory ends as the local one)."""
     lay = plan.layout
     rel = lambda where: str(location(str(where)).relative_to(lay.root))  # type: ignore[union-attr]  # noqa: E731
-    datasets, run = rel(lay.datasets), rel(lay.run_dir)
+    datasets = rel(lay.datasets)
     if task.stage == "convert":
         outs = [rel(o) for o in task.outputs]
         return {"in": [{"rel": o, "optional": True} for o in outs],
@@ -342,15 +389,17 @@ def stage_spec(plan: Plan, task: Task) -> dict[str, Any]:
         shards = [rel(o) for t in plan.stage("convert") for o in t.outputs]
         return {"in": [{"rel": o, "optional": True} for o in shards],
                 "out": [{"rel": datasets, "tree": True, "last": ["summary.json"], "delete_extra": True}]}  # fmt: skip
-    if task.stage == "train":
-        return {"in": [{"rel": datasets, "tree": True}, {"rel": run, "tree": True, "optional": True}],
-                "out": [{"rel": run, "tree": True, "last": ["history.json"], "always": True}]}  # fmt: skip
+    if task.stage == "train":  # its own run directory (one per run in a campaign)
+        own = rel(task.outputs[0])
+        return {"in": [{"rel": datasets, "tree": True}, {"rel": own, "tree": True, "optional": True}],
+                "out": [{"rel": own, "tree": True, "last": ["history.json"], "always": True}]}  # fmt: skip
     if task.stage == "analyze":
         tests = [
             {"rel": f"{datasets}/{n}", "optional": True}
             for n in (schema.dataset_filename("main", "test"), schema.dataset_filename("cr", "test"), "summary.json")
         ]
-        return {"in": [{"rel": run, "tree": True}, *tests],
+        runs = [{"rel": rel(t.outputs[0]), "tree": True} for t in plan.stage("train")]
+        return {"in": [*runs, *tests],
                 "out": [{"rel": rel(lay.report_dir), "tree": True}, {"rel": rel(lay.exports), "tree": True,
                                                                     "delete_extra": True}]}  # fmt: skip
     if task.stage == "report":
@@ -390,6 +439,9 @@ def write_plan(plan: Plan, plan_dir: Path, run_dir: str | None = None) -> Path:
             build_inputs.append({"path": out, **d.build})
         write_atomic(plan_dir / "convert" / f"{t.index}.inputs.yaml", _yaml(entries))
     write_atomic(plan_dir / "build.inputs.yaml", _yaml(build_inputs))
+    for t in view.stage("train"):
+        if t.run:  # a campaign's run: its own config, naming the storage as the job sees it
+            write_atomic(plan_dir / "train" / f"{t.index}.yaml", _yaml(train_config(view, t)))
     for t in view.all():
         for suffix, argv in task_commands(view, t, seen_dir, run_dir).items():
             name = f"{t.index}.{suffix}.args" if suffix else f"{t.index}.args"

@@ -2,6 +2,10 @@
 
 - convert: job arrays (``%`` throttle); ``$SLURM_ARRAY_TASK_ID`` (+ ``CRBATCH_INDEX_OFFSET``, arrays
   are split below Slurm's MaxArraySize) is the task index in the plan directory;
+- a campaign's trainings (``train.scan``): one array of GPU jobs, element = the run's task index (``%``:
+  ``train.resources.throttle``); an array rather than one job per run because it is one sbatch call,
+  one ``afterok`` dependency for the analysis and one line in ``squeue``, and each element is still
+  requeued (checkpoint, retry) on its own;
 - build, train, analyze: one job each, ``--dependency=afterok:<ids of the stage before>`` and
   ``--kill-on-invalid-dep=yes``, so a failed stage cancels what depends on it;
 - train: ``--gres=gpu:N``, ``--signal=B:TERM@T`` (SIGTERM to the batch shell T s before the time
@@ -107,6 +111,16 @@ def sbatch_calls(plan: Plan, plan_dir: Path, jobs_dir: Path, work: dict[str, lis
                     f"{export},CRBATCH_INDEX_OFFSET={off}", f"--output={_pattern_safe(logs)}/%x-%A_%a.out",
                 ], [script, str(plan_dir)], list(prev)))  # fmt: skip
                 names.append(f"convert_{k}")
+        elif stage == "train" and any(t.run for t in tasks):
+            # A campaign: one array of GPU jobs, element = task index (stable per plan directory,
+            # crbatch/batch/scan.py), so a requeued element resumes its own run; % = train throttle.
+            extra = [export + f",CRBATCH_MAX_REQUEUES={p.train.max_requeues}",
+                     f"--array={array_spec(sorted(t.index for t in tasks), res.throttle)}",
+                     f"--output={_pattern_safe(logs)}/%x-%A_%a.out", f"--signal=B:TERM@{p.slurm.signal_before}"]  # fmt: skip
+            if res.gpus:
+                extra.append(f"--gres=gpu:{res.gpus}")
+            calls.append(Sbatch(stage, stage, [*opts, *extra], [script, str(plan_dir)], list(prev)))
+            names.append(stage)
         else:
             extra = [export, f"--output={_pattern_safe(logs)}/%x-%j.out"]
             if stage == "train":

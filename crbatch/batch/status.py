@@ -85,12 +85,19 @@ def output_done(plan: Plan, task: Task) -> bool:
     if task.stage == "build":
         return _datasets_done(lay.datasets, ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else []))
     if task.stage == "train":
-        return epochs_done(lay.run_dir) >= p.epochs
+        return epochs_done(Path(task.outputs[0])) >= epochs_wanted(plan, task)
     if task.stage == "analyze":
         if not lay.report.is_file():
             return False
         return not p.analyze.export.enabled or any(lay.exports.glob("*.preprocessing.json"))
     return False
+
+
+def epochs_wanted(plan: Plan, task: Task) -> int:
+    """The epochs a training task runs (a campaign may scan ``epochs``)."""
+    from .plan import point_of
+
+    return plan.pipeline.train.epochs_of(point_of(plan.pipeline, task))
 
 
 def _datasets_done(directory: Path, roles: list[str]) -> bool:
@@ -145,7 +152,9 @@ def _local_pid_dead(scheduler: str, host: str) -> bool:
 
 def output_dir(plan: Plan, task: Task) -> Path | None:
     """The directory a task's process locks while it writes (train: the run, build: the datasets)."""
-    return {"train": plan.layout.run_dir, "build": plan.layout.datasets}.get(task.stage)
+    if task.stage == "train":
+        return Path(task.outputs[0])
+    return {"build": plan.layout.datasets}.get(task.stage)
 
 
 def job_status(plan: Plan, task: Task) -> JobStatus:
@@ -158,7 +167,7 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     st.exit = _int(sf.get("exit"))
     recorded = sf.get("state", "")
     if task.stage == "train":
-        st.epochs = (epochs_done(lay.run_dir), plan.pipeline.epochs)
+        st.epochs = (epochs_done(Path(task.outputs[0])), epochs_wanted(plan, task))
         st.detail = f"epoch {st.epochs[0]}/{st.epochs[1]}"
     done = output_done(plan, task)
     if recorded == "running" and _local_pid_dead(st.scheduler, st.host):
@@ -266,7 +275,18 @@ def render_text(plan: Plan, states: dict[str, JobStatus], show_all: bool = False
         out.append(f"{'stage':<9}{'jobs':>6}" + "".join(f"{s:>14}" for s in STATES))
         for r in summary_rows(plan, states):
             out.append(f"{r['stage']:<9}{r['jobs']:>6}" + "".join(f"{r[s] or '':>14}" for s in STATES))
-    listed = [st for st in states.values() if show_all or st.state != "done" or st.stage == "train"]
+    camp = campaign_rows(plan, states)
+    if camp:  # a campaign at a glance: one line per run
+        width = max(len(r["run"]) for r in camp)
+        done = sum(r["state"] == "done" for r in camp)
+        if markdown:
+            out += ["", f"Campaign: {len(camp)} runs, {done} done.", "", "| run | options | epochs | state |",
+                    "|---|---|---:|---|"]  # fmt: skip
+            out += [f"| {r['run']} | {r['options']} | {r['epochs']} | {r['state']} |" for r in camp]
+        else:
+            out += ["", f"campaign: {len(camp)} runs, {done} done", f"  {'run':<{width}}  {'epochs':>9}  state"]
+            out += [f"  {r['run']:<{width}}  {r['epochs']:>9}  {r['state']}" for r in camp]
+    listed = [st for st in states.values() if show_all or st.state != "done" or (st.stage == "train" and not camp)]
     order = {s: i for i, s in enumerate(("failed", "running", "checkpointed", "missing", "done"))}
     listed.sort(key=lambda st: (order[st.state], STAGES.index(st.stage), st.job))
     if listed:
@@ -282,6 +302,21 @@ def render_text(plan: Plan, states: dict[str, JobStatus], show_all: bool = False
     return "\n".join(out) + "\n"
 
 
+def campaign_rows(plan: Plan, states: dict[str, JobStatus]) -> list[dict[str, Any]]:
+    """Per run of a campaign (``train.scan``): name, options, epochs done/wanted, state; [] without scan."""
+    from .plan import point_of
+
+    rows = []
+    for t in plan.stage("train"):
+        if not t.run:
+            continue
+        st = states[t.job]
+        done, want = st.epochs or (0, 0)
+        rows.append({"run": t.run, "options": point_of(plan.pipeline, t).label(), "epochs": f"{done}/{want}",
+                     "epochs_done": done, "epochs_wanted": want, "state": st.state, "run_dir": t.outputs[0]})  # fmt: skip
+    return rows
+
+
 def as_json(plan: Plan, states: dict[str, JobStatus]) -> dict[str, Any]:
     return {
         "pipeline": plan.pipeline.name,
@@ -289,5 +324,6 @@ def as_json(plan: Plan, states: dict[str, JobStatus]) -> dict[str, Any]:
         "complete": complete(states),
         "stages": summary_rows(plan, states),
         "jobs": [asdict(s) for s in states.values()],
+        "campaign": campaign_rows(plan, states),
         "report": str(plan.layout.report) if plan.layout.report.is_file() else None,
     }

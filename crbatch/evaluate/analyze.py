@@ -48,6 +48,7 @@ from .analyze_runs import (  # noqa: F401
     parameter_tables,
     parse_run_spec,
 )
+from .campaign_config import CampaignConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,10 @@ class AnalyzeConfig(StageConfig):
     export_dir: Path | None = Field(None, description="export each run's chosen epoch here (crbatch export)")
     export_format: Literal["fdeep", "onnx", "onnx-raw", "all"] = Field("all", description="what the export writes")
     export_check_jets: int = Field(256, ge=1, description="synthetic jets of the export's parity check")
+    campaign: CampaignConfig | None = Field(
+        None, description="compare the runs as one campaign and export only the run its rule selects "
+        "(crbatch.evaluate.campaign; docs/campaigns.md)",
+    )  # fmt: skip
     dpi: int = Field(90, ge=30, description="figure resolution")
     pdf: bool = Field(True, description="a vector PDF beside each PNG")
 
@@ -215,11 +220,13 @@ def evaluate_run(info: RunInfo, epoch: int, sec: RunSection, cfg: AnalyzeConfig)
                         max_jets=cfg.max_jets)  # fmt: skip
 
 
-def export_run(info: RunInfo, epoch: int, sec: RunSection, cfg: AnalyzeConfig) -> None:
+def export_run(info: RunInfo, epoch: int, sec: RunSection, cfg: AnalyzeConfig, campaign: str | None = None) -> None:
     from ..export.cli import export_epoch
 
     assert cfg.export_dir is not None
     choice = {"epoch": epoch, "why": sec.choice.why, "criterion": cfg.criterion, "analysis": "crbatch analyze"}
+    if campaign is not None:  # why this run of the campaign is the one that ships
+        choice["campaign"] = campaign
     res = export_epoch(info.run_dir, info.run_dir / "epochs" / f"{epoch:03d}.keras", out_dir=cfg.export_dir,
                        fmt=cfg.export_format, check_jets=cfg.export_check_jets, choice=choice)  # fmt: skip
     rec = res.record()
@@ -239,21 +246,34 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     labels = [i.label for i in infos]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"a run is given twice: {labels}")
+    camp = cfg.campaign if cfg.campaign is not None and cfg.campaign.enabled and len(infos) > 1 else None
     sections = []
-    for info in infos:
+    for i, info in enumerate(infos, 1):
         sec, epoch = _section(info, cfg)
+        if camp is not None:
+            log.info("campaign: run %d of %d, %s", i, len(infos), info.label)
         if epoch is None:
             sec.not_evaluated = sec.choice.why
         elif cfg.test:
             evaluate_run(info, epoch, sec, cfg)
-        if epoch is not None and cfg.export_dir is not None:
+        if epoch is not None and cfg.export_dir is not None and (camp is None or camp.export_all):
             export_run(info, epoch, sec, cfg)
         sections.append(sec)
+    result = None
+    if camp is not None:  # one comparison; the run the rule selects is the one exported
+        from .campaign import campaign_result
+
+        result = campaign_result(sections, camp)
+        log.info("campaign: %s", result.why)
+        if result.selected is not None and cfg.export_dir is not None and not camp.export_all:
+            k = labels.index(result.selected)
+            export_run(infos[k], sections[k].choice.epoch, sections[k], cfg, campaign=result.why)  # type: ignore[arg-type]
     names = {i.spec.name for i in infos}
     name = cfg.name or (names.pop() if len(names) == 1 else "analyze")
     doc = MetricsDoc(crbatch_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     title="Training analysis: " + ", ".join(labels), analysis=cfg.model_dump(mode="json"),
-                     runs=sections)  # fmt: skip
+                     title=(f"Campaign analysis: {name}, {len(labels)} runs" if result is not None
+                            else "Training analysis: " + ", ".join(labels)), analysis=cfg.model_dump(mode="json"),
+                     runs=sections, campaign=result)  # fmt: skip
     out = write_report(doc, cfg, cfg.output_dir / name)
     for info, sec in zip(infos, sections, strict=True):
         e = sec.choice.epoch

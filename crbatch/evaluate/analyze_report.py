@@ -167,6 +167,8 @@ def section_history(page: Any, doc: MetricsDoc) -> None:
         ("ks_sig_all", "K-S data vs MC, signal output", None, False),
         ("combined", "Combined score (0 = best)", None, False),
     ):  # fmt: skip
+        if doc.campaign is not None and key in ("val_original_lossf", "val_adv_loss", "ks_sig_all"):
+            continue  # drawn in the campaign section, labelled by the runs' options
         page.figure(F.fig_history(doc.runs, key, ylabel, train, chance), f"history_{key}", caption=ylabel)
     page.section("Best epochs")
     for sec in doc.runs:
@@ -376,13 +378,21 @@ def write_report(doc: MetricsDoc, cfg: Any, out_dir: Path) -> Path:
     with ReportPage(out_dir, doc.title, dpi=cfg.dpi, pdf=cfg.pdf) as page:
         page.attach(FILENAME, write_text(doc), text=f"All numbers of this report: {FILENAME}")
         section_summary(page, doc)
-        for sec in doc.runs:
+        camp = doc.campaign
+        detailed = doc.runs
+        if camp is not None:  # the comparison first; full sections for the selected run (or all)
+            from .campaign_report import section_campaign
+
+            section_campaign(page, doc)
+            if (cfg.campaign is None or cfg.campaign.details == "selected") and camp.selected is not None:
+                detailed = [r for r in doc.runs if r.label == camp.selected]
+        for sec in detailed:
             if sec.main is not None:
                 section_comparison(page, sec, cfg.wp_efficiency)
             section_export(page, sec)
         section_history(page, doc)
-        tested = [r for r in doc.runs if r.main is not None]
-        if len(tested) > 1:
+        tested = [r for r in detailed if r.main is not None]
+        if len(tested) > 1 and camp is None:
             page.section("Test split: run comparison")
             for bkg in ("QCD", "BIB"):
                 curves = [(F.Model(r.label + f" e{r.choice.epoch}", i), roc) for i, r in enumerate(tested)

@@ -287,6 +287,70 @@ class RunSection(_Model):
     not_evaluated: str | None = None
 
 
+class Spread(_Model):
+    """Mean and standard deviation (ddof 1; NaN for one run) of a number over the runs of an option set."""
+
+    mean: float
+    std: float
+    n: int
+
+
+class CampaignRun(_Model):
+    """One run of a campaign: its options, chosen epoch and the numbers the comparison uses."""
+
+    label: str = Field(description="NAME/RUN")
+    options: dict[str, Any] = Field(description="the options that make the run differ (the scan point)")
+    option_set: str = Field(description="label of its option set (the options without group_over)")
+    epoch: int | None
+    n_epochs: int
+    auc: dict[str, float] = Field(default_factory=dict, description="background → AUC, all mass points")
+    rejection: dict[str, Interval] = Field(
+        default_factory=dict, description="background → rejection at the rule's signal efficiency, all mass points"
+    )
+    ks: float | None = Field(None, description="data/MC K-S distance of the rule's output, all CR jets")
+    ks_pvalue: float | None = None
+    passes: bool | None = Field(None, description="within the rule's K-S ceiling (None: no K-S)")
+
+
+class OptionSet(_Model):
+    """The runs of a campaign that differ only in ``group_over`` (seeds): the spread over them."""
+
+    label: str
+    options: dict[str, Any]
+    runs: list[str]
+    auc: dict[str, Spread] = Field(default_factory=dict)
+    rejection: dict[str, Spread] = Field(default_factory=dict)
+    ks: Spread | None = None
+    pareto: bool = Field(False, description="on the Pareto front of (rejection of the rule's background, K-S)")
+
+
+class CampaignPoint(_Model):
+    """A baseline on the campaign's comparison (the first run's test jets)."""
+
+    key: str
+    label: str
+    auc: dict[str, float] = Field(default_factory=dict)
+    rejection: dict[str, Interval] = Field(default_factory=dict)
+    ks: float | None = None
+
+
+class CampaignResult(_Model):
+    """All runs of one campaign compared, and the run its selection rule picked."""
+
+    rule: dict[str, Any] = Field(description="the selection rule (crbatch.evaluate.campaign_config.SelectRule)")
+    rule_text: str
+    group_over: list[str]
+    efficiency: float
+    runs: list[CampaignRun]
+    option_sets: list[OptionSet]
+    baselines: list[CampaignPoint] = []
+    same_jets: bool = Field(description="every run was evaluated on the same test jets (one jets digest)")
+    selected: str | None = Field(description="label of the run that is exported (None: no run was evaluated)")
+    selected_set: str | None = None
+    ceiling_met: bool = True
+    why: str
+
+
 class MetricsDoc(_Model):
     format: Literal["crbatch-metrics"] = FORMAT
     format_version: int = FORMAT_VERSION
@@ -295,6 +359,7 @@ class MetricsDoc(_Model):
     title: str
     analysis: dict[str, Any] = Field(description="the resolved analysis config")
     runs: list[RunSection]
+    campaign: CampaignResult | None = Field(None, description="several runs compared as one campaign")
 
     def run(self, label: str) -> RunSection:
         return next(r for r in self.runs if r.label == label)
