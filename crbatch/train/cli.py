@@ -86,6 +86,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, dict[st
         run_dir = None
     saved = runs.read_saved_config(run_dir) if run_dir is not None else None
     if saved is not None:
+        assert run_dir is not None  # saved comes from it
         cfg = _validate(deep_merge(saved, explicit), f"{run_dir / runs.CONFIG_NAME} + command line")
         bad = cfg.incompatible_with(saved)
         if bad:
