@@ -156,6 +156,7 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     locked = output_dir(plan, task)
     holder = locks.holder(locked) if locked is not None else None
     if holder is not None:  # a live process writes the output (e.g. one left by a killed `submit`)
+        assert locked is not None  # the holder is of this lock
         st.state, st.retry, st.host, st.since = "running", None, holder.host, holder.start
         held = f"{locked.name} locked by {holder.describe()}"
         st.detail = f"{st.detail}; {held}" if task.stage == "train" and st.epochs else held
