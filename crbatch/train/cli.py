@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     if _uses_demo_data(cfg) and not cfg.dataset_path("main", "train").exists():
-        from ..demo import make_datasets
+        from ..demo_data import make_datasets
 
         log.warning("no datasets in %s: making the demo datasets (synthetic production → convert → build)", cfg.data)
         make_datasets(cfg.data.parent)
