@@ -63,7 +63,7 @@ def _scalar_type(annotation: Any) -> tuple[Any, bool] | None:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, model: type[StageConfig], skip: set[str] = frozenset()
+    parser: argparse.ArgumentParser, model: type[StageConfig], skip: frozenset[str] | set[str] = frozenset()
 ) -> None:
     """Add ``--config``, ``--set``, ``--print-config`` and one flag per scalar field of ``model``."""
     g = parser.add_argument_group("configuration")
@@ -218,7 +218,7 @@ def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[t
             yield (*prefix, str(k)), v
 
 
-def _has(d: dict[str, Any], path: tuple[str, ...]) -> bool:
+def _has(d: Any, path: tuple[str, ...]) -> bool:
     for k in path:
         if not isinstance(d, dict) or k not in d:
             return False
@@ -268,7 +268,7 @@ def check_overridden(model: type[BaseModel], layers: list[tuple[str, dict[str, A
             if field is None:  # unknown keys are reported by the model itself
                 continue
             try:
-                ann = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+                ann: Any = typing.Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
                 TypeAdapter(ann).validate_python(value)
             except ValidationError as e:
                 msg = e.errors()[0]["msg"] if e.errors() else str(e)

@@ -12,43 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from .demo_data import DATASET_NAMES, DEMO_SAMPLES, demo_pipeline, make_datasets, run_command, write_inputs
 from .errors import CrbatchError, ExitCode
 
 log = logging.getLogger(__name__)
 
-# (file stem, type, events, seed, mH, mS): small enough for a laptop in about a minute.
-DEMO_SAMPLES = (
-    ("sig_mH125_mS55", "sig", 4000, 1, 125.0, 55.0),
-    ("sig_mH600_mS275", "sig", 4000, 2, 600.0, 275.0),
-    ("qcd_jz", "qcd", 5000, 3, None, None),
-    ("bib_data", "bib", 6000, 4, None, None),
-    ("cr_data", "data", 5000, 5, None, None),
-)
-DATASET_NAMES = {"qcd_jz": "qcd", "bib_data": "bib", "cr_data": "data"}  # the signal files keep their stem
-
-
-def demo_pipeline(inputs: Path, storage: Path, epochs: int = 2) -> dict[str, Any]:
-    """The demo's pipeline (as YAML data); ``submit/example-pipeline.yaml`` is the same on ../demo."""
-    datasets = []
-    for stem, typ, _events, _seed, mH, mS in DEMO_SAMPLES:
-        d: dict[str, Any] = {"name": DATASET_NAMES.get(stem, stem), "type": typ}
-        if mH is not None:
-            d.update(mH=mH, mS=mS)
-        d["files"] = [str(inputs / f"{stem}.root")]
-        datasets.append(d)
-    return {
-        "name": "demo",
-        "storage": str(storage),
-        "datasets": datasets,
-        "convert": {"resources": {"cpus": 1, "memory": "2 GB", "runtime": "1h", "retries": 3, "throttle": 50}},
-        "build": {"options": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}}},
-        "train": {"run": 0, "options": {"epochs": epochs, "batch_size": 128, "eval_batch_size": 1024}},
-        "analyze": {"export": {"format": "all", "check_jets": 32}},
-    }
+# The demo production lives below this command (crbatch.train.cli uses it too); its names stay importable here.
+__all__ = ["DATASET_NAMES", "DEMO_SAMPLES", "demo_pipeline", "make_datasets", "register", "run", "write_inputs"]
 
 
 def register(sub) -> None:
@@ -78,52 +51,8 @@ def _export_format() -> str:
     return "all"
 
 
-def write_inputs(inputs: Path, scale: float = 1.0) -> None:
-    """The demo's synthetic DiVertAnalysis files (kept if already there)."""
-    import importlib.util
-
-    if importlib.util.find_spec("ROOT") is None:
-        raise CrbatchError("the demo's synthetic inputs are written with PyROOT: pip install -e '.[synth]'",
-                           ExitCode.CONFIG)  # fmt: skip
-    from .synth.divert import write_divert
-
-    for stem, typ, events, seed, mH, mS in DEMO_SAMPLES:
-        out = inputs / f"{stem}.root"
-        n = max(100, int(events * scale))
-        if not out.exists():
-            log.info("generating %s (%d events)", out, n)
-            write_divert(out, typ, n, seed, mH=mH, mS=mS)
-
-
-def make_datasets(root: Path) -> Path:
-    """``root/datasets``: the demo production generated, converted and built here, in this process.
-
-    What ``crbatch train`` with no arguments trains on: the same inputs and build split as
-    ``crbatch demo`` (which runs them as batch jobs), as ``crbatch convert divert`` into ``root/shards``
-    then ``crbatch build``. Every stage reuses its complete outputs.
-    """
-    from .cli import main as crbatch
-
-    inputs, shards, datasets = root / "inputs", root / "shards", root / "datasets"
-    write_inputs(inputs)
-    for stem, typ, _events, _seed, mH, mS in DEMO_SAMPLES:
-        argv = ["convert", "divert", str(inputs / f"{stem}.root"), "--type", typ, "--output-dir", str(shards)]
-        if mH is not None:
-            argv += ["--mH", str(mH), "--mS", str(mS)]
-        rc = crbatch(argv)
-        if rc:
-            raise CrbatchError(f"demo datasets: converting {inputs / stem}.root failed (exit {rc})", ExitCode(rc))
-    split = demo_pipeline(inputs, root / "storage")["build"]["options"]["split"]
-    argv = ["build", str(shards), "--output-dir", str(datasets)]
-    argv += [f"--set=split.{k}={v}" for k, v in split.items()]
-    rc = crbatch(argv)
-    if rc:
-        raise CrbatchError(f"demo datasets: building {datasets} failed (exit {rc})", ExitCode(rc))
-    return datasets
-
-
 def run(args: argparse.Namespace) -> int:
-    from .cli import main as crbatch
+    from .batch import cli as batch_cli
 
     export_format = _export_format()
 
@@ -135,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     doc["analyze"]["export"]["format"] = export_format
     text = yaml.safe_dump(doc, sort_keys=False)
     pipeline.write_text("# written by `crbatch demo`; rerun with: crbatch submit " + str(pipeline) + "\n" + text)
-    verbosity = ["-v"] * getattr(args, "verbose", 0) + ["-q"] * getattr(args, "quiet", 0)
-    argv = [*verbosity, "submit", str(pipeline), "--backend", "local"]
+    # In this process, under this command's logging (its -v/-q) and signal handling.
+    argv = ["submit", str(pipeline), "--backend", "local"]
     if args.workers:
         argv += ["--workers", str(args.workers)]
-    rc = crbatch(argv)
+    try:
+        rc = run_command(argv, batch_cli.register_submit)
+    except CrbatchError as e:
+        raise CrbatchError(f"demo: the pipeline failed: {e}; `crbatch status {pipeline}` shows why", e.code) from e
     if rc:
         raise CrbatchError(f"demo: the pipeline failed (exit {rc}); `crbatch status {pipeline}` shows why",
                            ExitCode(rc))  # fmt: skip

@@ -144,6 +144,7 @@ def float_view(table: np.ndarray) -> np.ndarray:
     if not table.flags.c_contiguous:
         raise ValueError("float_view needs a C-contiguous table")
     dt = table.dtype
+    assert dt.names is not None and dt.fields is not None  # a structured (schema) dtype
     return np.ndarray(
         shape=(*table.shape, len(dt.names) - 1), dtype="<f4", buffer=table, offset=dt.fields[dt.names[1]][1],
         strides=(*table.strides, 4),

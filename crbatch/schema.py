@@ -110,6 +110,7 @@ class ObjectTable:
 
     @property
     def features(self) -> tuple[str, ...]:
+        assert self.dtype.names is not None  # a structured dtype
         return tuple(n for n in self.dtype.names if n != "valid")
 
 
@@ -332,7 +333,7 @@ class _Sink:
         self.pos += n
         return n
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
             n = max(0, os.fstat(self.fd).st_size - self.pos)
         data = os.pread(self.fd, n, self.pos)

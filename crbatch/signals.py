@@ -146,7 +146,8 @@ def _unraisable(u: Any) -> None:
 def _deliver_again(signum: int) -> None:
     # A bare thread (threading.Thread.start would wait for it, inside the hook): it makes the main
     # thread run the handler again at its next bytecode.
-    _thread.start_new_thread(_thread.interrupt_main, (signum,))
+    # typeshed types interrupt_main's argument as signal.Signals; any signal number works (it is an int).
+    _thread.start_new_thread(_thread.interrupt_main, (signum,))  # type: ignore[arg-type]
 
 
 def _in_hook(frame: Any) -> bool:
@@ -222,7 +223,8 @@ class _ShieldFinder:
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _ShieldedLoader(spec.loader)
+                    # A duck-typed Loader (create_module/exec_module, everything else delegated).
+                    spec.loader = _ShieldedLoader(spec.loader)  # type: ignore[assignment]
                 return spec
         return None
 

@@ -85,3 +85,22 @@ def test_shard_equals_the_one_decoded_by_uproot(synthetic, tmp_path):
         for table in ("jets", "clusters", "tracks", "msegs"):
             np.testing.assert_array_equal(a[table][:], b[table][:])
         assert a.attrs["n_jets"] > 0
+
+
+@needs_root
+def test_uproot_without_the_internals_falls_back_to_its_own_decoding(synthetic, tmp_path, monkeypatch, caplog):
+    """An uproot whose interpretation internals moved: the conversion warns, decodes with uproot's own
+    code and writes the same shard as --no-fast-decoding."""
+
+    def moved(cls, interp):
+        raise AttributeError(f"{type(interp).__name__!r} object has no attribute '_typename'")
+
+    argv = ["-q", "convert", "divert", str(synthetic), "--type", "bib", "--step-size", "500"]
+    assert main([*argv, "--no-fast-decoding", "--output-dir", str(tmp_path / "plain")]) == 0
+    monkeypatch.setattr(FastObjects, "of", classmethod(moved))  # after some branches got FastJagged
+    assert main([*argv, "--fast-decoding", "--output-dir", str(tmp_path / "fallback")]) == 0
+    assert "fast std::vector decoding unavailable with uproot" in caplog.text
+    with h5py.File(tmp_path / "fallback" / "bib.h5") as a, h5py.File(tmp_path / "plain" / "bib.h5") as b:
+        for table in ("jets", "clusters", "tracks", "msegs"):
+            np.testing.assert_array_equal(a[table][:], b[table][:])
+        assert a.attrs["n_jets"] > 0

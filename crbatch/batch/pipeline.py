@@ -70,10 +70,10 @@ def parse_duration_s(value: Any) -> int:
         parts = [int(p) for p in text.split(":")]
         h, m, s = parts if len(parts) == 3 else (parts[0], parts[1], 0)
         return max(1, h * 3600 + m * 60 + s)
-    m = _DURATION_RE.match(text)
-    if not m:
+    found = _DURATION_RE.match(text)
+    if not found:
         raise ValueError(f"{value!r} is not a duration (e.g. 3600, '90m', '4h', '2d', '12:00:00')")
-    return max(1, round(float(m.group(1)) * _DURATION_S[m.group(2)]))
+    return max(1, round(float(found.group(1)) * _DURATION_S[found.group(2)]))
 
 
 def check_name(value: str, what: str) -> str:

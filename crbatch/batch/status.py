@@ -186,6 +186,7 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     # flock locks do not exist on root:// storage (crbatch.storage): a job there locks its sandbox only
     holder = locks.holder(locked) if isinstance(locked, Path) else None
     if holder is not None:  # a live process writes the output (e.g. one left by a killed `submit`)
+        assert locked is not None  # the holder is of this lock
         st.state, st.retry, st.host, st.since = "running", None, holder.host, holder.start
         held = f"{locked.name} locked by {holder.describe()}"
         st.detail = f"{st.detail}; {held}" if task.stage == "train" and st.epochs else held

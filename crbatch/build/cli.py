@@ -42,7 +42,7 @@ def _entries_from_yaml(path: Path) -> list[BuildInput]:
 
 def collect_inputs(args_inputs: list[str], cfg: BuildConfig) -> list[tuple[BuildInput | None, Path]]:
     """Every shard named on the command line or in ``cfg.inputs``, with its entry's options."""
-    entries: list[BuildInput | None] = list(cfg.inputs)
+    entries: list[BuildInput] = list(cfg.inputs)
     plain: list[str] = []
     for arg in args_inputs:
         if is_yaml_list(arg):

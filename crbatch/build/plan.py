@@ -26,7 +26,7 @@ from ..errors import ConfigError, InputCorrupt, InputEmpty, InputMissing, InputS
 from ..progress import Progress
 from ..scaling import LEGACY_NAME, is_scaled, legacy_constants
 from . import select
-from .config import BuildConfig, BuildInput
+from .config import BuildConfig, BuildInput, ClassQuota
 from .h5io import SliceReader
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,8 @@ def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) ->
         s.source = i
     xs_factor, xsec_table = _xs_factors(shards, sumw, cfg)
 
-    quotas = {("main", k): v for k, v in cfg.main.items()} | {("cr", k): v for k, v in cfg.cr.items()}
+    quotas: dict[tuple[str, str], ClassQuota] = {("main", k): v for k, v in cfg.main.items()}
+    quotas |= {("cr", k): v for k, v in cfg.cr.items()}
     frac_thr: dict[tuple[str, str], int | None] = {}
     smallest: dict[tuple[str, str], select.SmallestK] = {}
     for s in shards:
@@ -372,6 +373,8 @@ def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) ->
     try:
         for s in shards:
             need_class = any(frac_thr[(r, s.data_type)] is not None or (r, s.data_type) in smallest for r in s.roles)
+            fh_parts: list[Any]  # arrays wherever a hash is concatenated below (None only where unused)
+            ch_parts: list[Any]
             fh_parts, ch_parts, n_pass = [], [], 0
             with reading(s.path):
                 f = open_h5(s.path)
@@ -415,9 +418,9 @@ def make_plan(inputs: list[tuple[BuildInput | None, Path]], cfg: BuildConfig) ->
     expected: Counter = Counter()  # (role, split): jets expected, to size the shuffle buckets
     fractions = cfg.split.model_dump()
     for key, thr in frac_thr.items():
-        q = smallest.get(key)
-        class_threshold[key] = select.min_threshold(thr, q.threshold() if q else None)
-        n = min(candidates[key], q.k) if q else candidates[key]
+        sk = smallest.get(key)
+        class_threshold[key] = select.min_threshold(thr, sk.threshold() if sk else None)
+        n = min(candidates[key], sk.k) if sk else candidates[key]
         for split in schema.SPLITS:
             expected[(key[0], split)] += int(np.ceil(n * fractions[split] * 1.05)) + 16
     plan = Plan(
@@ -458,7 +461,7 @@ def check_classes(plan: Plan, cfg: BuildConfig) -> None:
     """Every required class must have jets (exit 13 naming it)."""
     given = {(r, s.data_type) for s in plan.shards for r in s.roles}
     skipped_types = Counter(reason for _, reason in plan.skipped)
-    required = [("main", c) for c in cfg.main_classes]
+    required: list[tuple[str, str]] = [("main", c) for c in cfg.main_classes]
     if plan.cr_wanted:
         required += [("cr", "qcd"), ("cr", "data")]
     names = {"qcd": "QCD", "sig": "signal", "bib": "BIB", "data": "data"}

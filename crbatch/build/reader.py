@@ -64,6 +64,7 @@ CHUNK_CACHE = 2**20  # HDF5 chunk cache per dataset, bytes (bigger caches measur
 
 def _feature_index(table: schema.ObjectTable, features: Sequence[str]) -> np.ndarray:
     stored = table.features
+    assert table.dtype.fields is not None  # a structured (schema) dtype
     # The dense view below relies on the schema's layout: ``valid`` then float32 features, packed.
     off = table.dtype.fields[stored[0]][1]
     for i, name in enumerate(stored):
@@ -83,6 +84,7 @@ def dense(table: np.ndarray, name: str) -> np.ndarray:
     """
     table = np.ascontiguousarray(table)
     dt = table.dtype
+    assert dt.names is not None and dt.fields is not None  # a structured (schema) dtype
     first = dt.names[1]
     n_feat = len(dt.names) - 1
     view = np.ndarray(
@@ -407,6 +409,7 @@ class DatasetReader:
             if cr is not None:
                 self.cr = _Source(cr, "cr")
             self._scaling = self._resolve_scaling(scaling)
+            assert schema.DATASET_JET_DTYPE.names is not None
             for name in self.jet_fields:
                 if name not in schema.DATASET_JET_DTYPE.names:
                     raise ValueError(f"jet_fields: no jets column {name!r}")
@@ -630,6 +633,7 @@ class DatasetReader:
         else:
             out["target"] = (label == int(schema.Label.DATA)).astype(np.float32)
         out["weight"] = self._weight(src, jets, weight)
+        assert jets.dtype.names is not None  # a structured (schema) table
         for name in self.jet_fields:
             out[name] = (
                 jets[name].copy() if name in jets.dtype.names else np.zeros(len(jets), schema.DATASET_JET_DTYPE[name])
@@ -637,6 +641,7 @@ class DatasetReader:
         return out
 
     def _weight(self, src: _Source, jets: np.ndarray, weight: str) -> np.ndarray:
+        assert jets.dtype.names is not None  # a structured (schema) table
         if weight in jets.dtype.names:
             return jets[weight].astype(np.float32)
         w = jets["mcEventWeight"].astype(np.float32)

@@ -25,7 +25,7 @@ SALT_SPLIT, SALT_FILE, SALT_CLASS, SALT_SHUFFLE = 0x5B1, 0xF11E, 0xC1A55, 0x5EED
 SPLIT_RESOLUTION = 10_000  # split = hash mod 10000 compared with the cumulative fractions
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray | np.uint64) -> np.ndarray:
     """The splitmix64 finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
     with np.errstate(over="ignore"):
         z = np.asarray(x, dtype=np.uint64) + _GOLDEN

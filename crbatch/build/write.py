@@ -24,6 +24,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class Buckets:
         self.parts = parts or [directory]  # where load() reads: one directory per pass-2 worker
         self.n_buckets = n_buckets
         self.counts: dict[tuple[str, str, int], int] = defaultdict(int)
-        self._open: OrderedDict[Path, object] = OrderedDict()
+        self._open: OrderedDict[Path, BinaryIO] = OrderedDict()
 
     def path(self, role: str, split: str, b: int, what: str) -> Path:
         return self.directory / f"{role}_{split}_{b:05d}.{what}"
@@ -87,7 +88,7 @@ class Buckets:
             fh = self._open[p] = open(p, "ab")  # noqa: SIM115 - closed in close()
         else:
             self._open.move_to_end(p)
-        fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))  # type: ignore[arg-type]  # numpy: __buffer__ on 3.12+
 
     def append(self, role: str, split: str, b: int, jrec: np.ndarray, objects: dict[str, np.ndarray]) -> None:
         self._write(self.path(role, split, b, "jets"), jrec)
@@ -138,7 +139,7 @@ class Buckets:
             for f, size in zip(files, sizes, strict=True):
                 if size:
                     with open(f, "rb") as fh:
-                        fh.readinto(memoryview(buf[pos : pos + size]))
+                        fh.readinto(memoryview(buf[pos : pos + size]))  # type: ignore[arg-type]  # numpy: __buffer__ on 3.12+
                     f.unlink()
                 pos += size
             out[what] = buf.view(dtype)

@@ -40,7 +40,7 @@ class _ReuseLastBasket:
         return out
 
     def _decode(self, *args):
-        return super().basket_array(*args)
+        return super().basket_array(*args)  # type: ignore[misc]  # a mixin: the next class in the MRO has it
 
 
 class FastJagged(_ReuseLastBasket, AsJagged):

@@ -417,11 +417,11 @@ def _jets_block(df: Any, info: FileInfo, sl: slice) -> np.ndarray:
     col = {name: _column(df, info, name, sl) for name in JET_COLUMNS - {"eventNumber"}}
     jets["label"] = label = _labels(col["label"], info)  # type: ignore[arg-type]
     for name, fld in JET_FLOAT_COLUMNS.items():
-        if col[name] is not None:
-            jets[fld] = _finite_or(col[name], 0.0, info, f"jets.{fld}")
+        if (c := col[name]) is not None:
+            jets[fld] = _finite_or(c, 0.0, info, f"jets.{fld}")
     for name in MASS_COLUMNS:
-        if col[name] is not None:
-            jets[name] = _finite_or(col[name], 0.0, info, f"jets.{name}")
+        if (c := col[name]) is not None:
+            jets[name] = _finite_or(c, 0.0, info, f"jets.{name}")
     d = info.decision
     if d is not None and (d.type is not None or d.masses is not None):
         sig = label == int(schema.Label.SIGNAL)

@@ -278,8 +278,9 @@ def tables_for(a: ak.Array, sel: Selected, data_type: str, masses: tuple[float, 
     jets["match_dR"] = sel.dr
     if data_type == "sig":
         jets["llp_mH"], jets["llp_mS"] = masses
-        for k, v in sel.llp.items():
-            jets[f"llp_{k}"] = v
+        assert sel.llp is not None  # matched LLPs are selected for every signal file
+        for k, col in sel.llp.items():
+            jets[f"llp_{k}"] = col
 
     uj_eta = np.empty(nu, np.float64)
     uj_phi = np.empty(nu, np.float64)

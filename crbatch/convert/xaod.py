@@ -297,7 +297,12 @@ def _execute(argv: list[str], cwd: Path, env: dict[str, str], timeout: float | N
                             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)  # fmt: skip
     timer = None
     if timeout is not None:
-        timer = threading.Timer(timeout, lambda: (timed_out.set(), _kill_group(proc, 5.0)))
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_group(proc, 5.0)
+
+        timer = threading.Timer(timeout, expire)
         timer.daemon = True
         timer.start()
     try:

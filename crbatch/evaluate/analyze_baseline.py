@@ -88,6 +88,7 @@ def reference_scorer(path: Path, key: str, label: str | None, spec: str) -> Scor
         raise InputMissing(f"{path}: baseline model not found")
     model, _ = load_reference(path, TrainConfig())
     sc = reference_scaling()
+    assert sc.constants is not None  # the reference's constants are always known
     ref = ModelRef(key=key, label=label or f"reference {path.stem}", role="baseline", kind="reference", spec=spec,
                    path=str(path), file_sha256=_sha(path), model_hash=fdeep.model_hash(model),
                    preprocessing=sc.constants["name"], preprocessing_origin=sc.origin)  # fmt: skip

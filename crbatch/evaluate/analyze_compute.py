@@ -399,12 +399,12 @@ def compare(run: ModelMetrics, base: ModelMetrics) -> Comparison:
             out.auc.append(Ratio(background=r.background, mass_point=r.mass_point, run=r.auc, baseline=o.auc,
                                  ratio=ratio(r.auc, o.auc)))  # fmt: skip
     b_wp = {(*key(r), r.target): r for r in base.working_points}
-    for r in run.working_points:
-        o = b_wp.get((*key(r), r.target))
-        if o is not None:
-            out.rejection.append(Ratio(background=r.background, mass_point=r.mass_point, target=r.target,
-                                       run=r.rejection.value, baseline=o.rejection.value,
-                                       ratio=ratio(r.rejection.value, o.rejection.value)))  # fmt: skip
+    for w in run.working_points:
+        bw = b_wp.get((*key(w), w.target))
+        if bw is not None:
+            out.rejection.append(Ratio(background=w.background, mass_point=w.mass_point, target=w.target,
+                                       run=w.rejection.value, baseline=bw.rejection.value,
+                                       ratio=ratio(w.rejection.value, bw.rejection.value)))  # fmt: skip
     return out
 
 

@@ -100,7 +100,7 @@ def _ratio_axis(rax: Any, ylabel: str, values: Sequence[float]) -> None:
     rax.set_ylabel(ylabel)
 
 
-def _finite(a: Sequence[float]) -> np.ndarray:
+def _finite(a: Sequence[float | None]) -> np.ndarray:
     return np.asarray([x if x is not None else np.nan for x in a], np.float64)
 
 
@@ -112,7 +112,7 @@ def fig_roc(curves: Sequence[tuple[Model, Roc]], lines: Sequence[str], ref: int 
     st = _style()
     fig, ax, rax = _figure(ref is not None and len(curves) > 1)
     allv: list[float] = []
-    ref_rej = _finite(curves[ref][1].rejection) if rax is not None else None
+    ref_rej = _finite(curves[ref][1].rejection) if rax is not None and ref is not None else None
     for i, (m, roc) in enumerate(curves):
         x = np.asarray(roc.eff)
         y, lo, hi = _finite(roc.rejection), _finite(roc.rejection_low), _finite(roc.rejection_high)
@@ -146,6 +146,7 @@ def fig_roc(curves: Sequence[tuple[Model, Roc]], lines: Sequence[str], ref: int 
     xa = rax if rax is not None else ax
     xa.set_xlabel(r"Signal efficiency $\varepsilon_\mathrm{S}$")
     if rax is not None:
+        assert ref is not None  # a ratio panel is drawn only with a reference curve
         vals = []
         for _, roc in curves:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -263,7 +264,7 @@ def _logit_label(p: float, _pos: Any = None) -> str:
     return f"{p:.2g}"
 
 
-def _logit_axis(ax: Any, edges: Sequence[float]) -> None:
+def _logit_axis(ax: Any, edges: Sequence[float] | np.ndarray) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_xscale("logit")

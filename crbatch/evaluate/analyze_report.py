@@ -120,6 +120,7 @@ def section_comparison(page: Any, sec: RunSection, headline: float) -> None:
     """Run vs each baseline: the question the report answers first."""
     if not sec.comparisons:
         return
+    assert sec.main is not None and sec.sample is not None  # an evaluated run (write_report checks)
     page.section(f"{sec.label}: compared with the baseline", 3)
     by_key = {b.model.key: b for b in sec.baselines}
     wp_of = lambda m: {(r.background, r.mass_point is None, r.target): r for r in m.working_points}  # noqa: E731
@@ -200,6 +201,7 @@ REJ_COLS = ["model", "background", "mass point", "AUC", "ε_S target", "cut p_si
 def section_rocs(page: Any, sec: RunSection) -> None:
     models = _models(sec)
     main = sec.main
+    assert main is not None  # the sections of the test split are drawn for evaluated runs only
     slug, title = _slug(sec), _title(sec)
     page.section(f"{sec.label}: ROC curves and rejection", 4)
     points = [None, *[e.mass_point for e in main.mass_efficiency]]
@@ -236,6 +238,7 @@ def section_efficiency(page: Any, sec: RunSection, barrel_eta: float) -> None:
     models = _models(sec)
     slug, title = _slug(sec), _title(sec)
     page.section(f"{sec.label}: signal efficiency and background rejection at the working points", 4)
+    assert sec.main is not None  # the sections of the test split are drawn for evaluated runs only
     cuts = ", ".join(f"{float(k):.0%}: p_signal ≥ {v:.4g}" for k, v in sec.main.wp_cuts.items())
     page.text(f"Working points: the cut on p_signal keeping a fraction of ALL test signal jets ({cuts}). Points: "
               "68.3 % Clopper–Pearson intervals; x error bars: bin width.")  # fmt: skip
@@ -259,6 +262,7 @@ def section_distributions(page: Any, sec: RunSection) -> None:
             page.figure(F.fig_scores([(m, mm.scores)], o, who), f"{slug}_scores_{o}" + (f"_baseline{i}" if i else ""),
                         caption=f"{o} output per true class" + (f", {m.label}" if i else ""))  # fmt: skip
     main = sec.main
+    assert main is not None  # the sections of the test split are drawn for evaluated runs only
     page.section(f"{sec.label}: overtraining check (train vs test)", 4)
     if not main.overtraining:
         page.text("No training-split scores (overtraining_jets = 0, or no main_train.h5): skipped.")
@@ -294,6 +298,7 @@ def section_scans(page: Any, sec: RunSection) -> None:
 
 def section_map(page: Any, sec: RunSection) -> None:
     main = sec.main
+    assert main is not None  # the sections of the test split are drawn for evaluated runs only
     slug, title = _slug(sec), _title(sec)
     page.section(f"{sec.label}: signal efficiency per (mS, mH)", 4)
     if not main.mass_efficiency:
@@ -316,6 +321,7 @@ def section_data_mc(page: Any, sec: RunSection) -> None:
     models = _models(sec)
     slug = _slug(sec)
     page.section(f"{sec.label}: data vs MC, control-region test split", 4)
+    assert sec.main is not None  # the sections of the test split are drawn for evaluated runs only
     if not sec.main.data_mc:
         page.text("No control-region test split: skipped.")
         return
@@ -339,6 +345,7 @@ def section_data_mc(page: Any, sec: RunSection) -> None:
 
 def section_test(page: Any, sec: RunSection, barrel_eta: float) -> None:
     s, main = sec.sample, sec.main
+    assert s is not None and main is not None  # write_report calls this for evaluated runs only
     page.section(f"{sec.label}: test split, epoch {sec.choice.epoch}", 3)
     page.table([{"class": c, "jets": n, "Σ weights": s.sumw.get(c, 0.0)} for c, n in s.counts.items()],
                formats=_fmts(["jets", "Σ weights"]),
@@ -396,7 +403,7 @@ def write_report(doc: MetricsDoc, cfg: Any, out_dir: Path) -> Path:
             page.section("Test split: run comparison")
             for bkg in ("QCD", "BIB"):
                 curves = [(F.Model(r.label + f" e{r.choice.epoch}", i), roc) for i, r in enumerate(tested)
-                          for roc in r.main.rocs if roc.background == bkg and roc.mass_point is None]  # fmt: skip
+                          for roc in r.main.rocs if roc.background == bkg and roc.mass_point is None]  # type: ignore[union-attr]  # tested: main set  # fmt: skip
                 if curves:
                     page.figure(F.fig_roc(curves, [f"signal vs {bkg}, test split", "all signal mass points"], 0),
                                 f"compare_roc_{bkg}", caption=f"ROC signal vs {bkg}, all runs")  # fmt: skip

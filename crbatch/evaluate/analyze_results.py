@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputCorrupt, InputMissing, InputSchema
 
-FORMAT = "crbatch-metrics"
+FORMAT: Final = "crbatch-metrics"
 FORMAT_VERSION = 1
 FILENAME = "metrics.json"
 CL = 0.682689492137  # ±1σ coverage of every interval

@@ -45,7 +45,7 @@ class RunInfo:
     spec: RunSpec
     run_dir: Path
     config: dict[str, Any]  # the run's config.yaml
-    history: dict[str, list[float]]
+    history: dict[str, list[float | None]]  # None: a value not recorded that epoch (JSON null)
     saved_epochs: list[int]
     label: str = ""  # NAME/RUN with the run number resolved
 
@@ -166,7 +166,7 @@ def combined_score(info: RunInfo) -> np.ndarray:
 
 def best_epochs(info: RunInfo, n_best: int = 2) -> list[dict[str, Any]]:
     """Rows ``{criterion, rank, epoch, value}``: the ``n_best`` smallest epochs of every criterion."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for crit in (*REFERENCE_CRITERIA, CriterionSpec("combined", "Best combined score", ())):
         v = criterion_values(info, crit.key)
         finite = np.flatnonzero(np.isfinite(v))

@@ -49,7 +49,7 @@ class Scorer:
     pre: P.Preprocessing | None
     mass_names: list[str] = field(default_factory=list)
     predict: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None], np.ndarray] | None = None
-    lookup: Callable[[np.ndarray], np.ndarray] | None = None
+    lookup: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def keras_predict(model: Any, mass_names: Sequence[str]) -> Callable[..., np.ndarray]:
@@ -204,6 +204,7 @@ def score_split(
                         if s.pre is None or P.same_preprocessing(src_pre, s.pre)
                         else P.convert(xs, valid, src_pre, s.pre)
                     )
+                    assert s.predict is not None  # a scorer either looks up or predicts
                     out = np.asarray(s.predict(feed, valid, m), np.float32)
                     if out.shape != (b - a, 3):
                         raise InputSchema(

@@ -31,7 +31,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,14 +39,17 @@ from .epoch import OUTPUTS
 from .plots import apply_style, label_text, save
 
 MAX_CURVES = 7
-TRAIN, VAL, REF = "-", "--", ":"
+LineStyle = Literal["-", "--", ":"]
+TRAIN: LineStyle = "-"
+VAL: LineStyle = "--"
+REF: LineStyle = ":"
 
 
 @dataclass(frozen=True)
 class Curve:
     key: str
     label: str
-    linestyle: str = TRAIN
+    linestyle: LineStyle = TRAIN
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class _LinesFigure:
     def draw(self, path: Path, spec: HistoryFigure, history: Mapping[str, Sequence[float]], dpi: int) -> Path | None:
         from matplotlib.ticker import MaxNLocator
 
-        used, labels = [], []
+        used: list[Any] = []  # matplotlib Line2D
+        labels: list[str] = []
         ys: list[np.ndarray] = []
         for line, curve in zip(self.lines, spec.curves, strict=False):
             if curve.key not in history or len(history[curve.key]) == 0:
@@ -147,7 +151,7 @@ class _LinesFigure:
         return save(self.fig, path, dpi)
 
 
-def _chance_level(kind: str | None, history: Mapping[str, Sequence[float]]) -> float | None:
+def _chance_level(kind: str | None, history: Mapping[str, Sequence[float | None]]) -> float | None:
     if kind == "acc":
         return 0.5
     if kind != "bce":

@@ -38,8 +38,13 @@ from .epoch import OUTPUTS, CRScores, MainHistograms, pt_bin_index
 CR_BINS = 40
 LOG_MIN = 1e-5  # smallest score on the logit axes: logit(1e-5) ≈ -11.5
 OUTPUT_TITLES = {"qcd": "QCD score $p_{QCD}$", "sig": "signal score $p_{signal}$", "bib": "BIB score $p_{BIB}$"}
-_FALLBACK_COLORS = {Label.QCD: "#1f77b4", Label.SIGNAL: "#d62728", Label.BIB: "#2ca02c", Label.DATA: "black"}
-_FALLBACK_NAMES = {Label.QCD: "QCD", Label.SIGNAL: "signal", Label.BIB: "BIB", Label.DATA: "data"}
+_FALLBACK_COLORS: dict[int, str] = {
+    Label.QCD: "#1f77b4",
+    Label.SIGNAL: "#d62728",
+    Label.BIB: "#2ca02c",
+    Label.DATA: "black",
+}
+_FALLBACK_NAMES: dict[int, str] = {Label.QCD: "QCD", Label.SIGNAL: "signal", Label.BIB: "BIB", Label.DATA: "data"}
 
 
 def apply_style() -> tuple[dict[int, str], dict[int, str]]:

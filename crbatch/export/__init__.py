@@ -217,6 +217,7 @@ def export_classifier(
         res.parity["onnx_max_abs_diff"] = diff
         log.info("onnx: checked (onnxruntime vs Keras on %d jets: max |Δ| = %.1e)", len(batch[0]), diff)
     if "onnx-raw" in formats:
+        assert pre is not None  # made, or refused, above for onnx-raw
         prefix = onnx_prefix or onnx_raw.DEFAULT_PREFIX
         try:
             raw_proto = onnx_raw.build_raw(proto, pre, prefix=prefix, n_mass=k)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..errors import ConfigError, InputCorrupt, InputMissing
 
@@ -66,6 +66,10 @@ def register(sub) -> None:
 BEST = "best"
 
 
+@overload
+def parse_spec(spec: str, allow_best: Literal[False] = False) -> tuple[str, int, int]: ...
+@overload
+def parse_spec(spec: str, allow_best: bool) -> tuple[str, int, int | str]: ...
 def parse_spec(spec: str, allow_best: bool = False) -> tuple[str, int, int | str]:
     parts = spec.split("/")
     try:

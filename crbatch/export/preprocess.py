@@ -213,11 +213,11 @@ def preprocessing_of(cfg: ScalingConfig, mass_features: Sequence[str] = ()) -> P
             feats.append(op)
         flip = None
         if mi.name in ("clusters", "tracks"):
-            stage = "scaled" if (exact and mi.name == "tracks") else "raw"
+            stage: Literal["raw", "scaled"] = "scaled" if (exact and mi.name == "tracks") else "raw"
             flip = Flip("eta", "pt", stage)
         padding = tuple(float(pads[mi.table][f]) for f in mi.features) if mi.slots else ()
         inputs.append(InputOps(mi.name, mi.slots, tuple(feats), flip, padding))
-    notes = ()
+    notes: tuple[str, ...] = ()
     if exact:
         notes = ("reference-exact: the reference's formulas, bugs included (cluster pT minus the GeV edge; "
                  "tracks scaled with the jet window and flipped by their scaled pT)",)  # fmt: skip

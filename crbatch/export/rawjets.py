@@ -71,6 +71,7 @@ def _rows(f: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 def _raw_jets_fields(jets: np.ndarray) -> np.ndarray:
     out = np.zeros(len(jets), schema.JET_DTYPE)
+    assert schema.JET_DTYPE.names is not None
     for n in schema.JET_DTYPE.names:
         if n in (jets.dtype.names or ()):
             out[n] = jets[n]

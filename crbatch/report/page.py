@@ -402,5 +402,3 @@ def _remove_stale(final: Path) -> None:
             continue
         if not schema.pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
-
-    return True

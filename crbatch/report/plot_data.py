@@ -530,8 +530,10 @@ def ks_rows(inputs, variables, samples) -> list[KSRow]:
         for v in variables:
             if not v.applies_to(inp) or v.is_weight:
                 continue
-            (mc, mc_rows), (da, da_rows) = (pair[Label.QCD].values(v), pair[Label.DATA].values(v))
-            mw, dw = pair[Label.QCD].weights[mc_rows], pair[Label.DATA].weights[da_rows]
+            mc_block, da_block = pair[Label.QCD], pair[Label.DATA]
+            assert mc_block is not None and da_block is not None  # no None in pair (checked above)
+            (mc, mc_rows), (da, da_rows) = (mc_block.values(v), da_block.values(v))
+            mw, dw = mc_block.weights[mc_rows], da_block.weights[da_rows]
             fm, fd = np.isfinite(mc), np.isfinite(da)
             mc, mw, da, dw = mc[fm], mw[fm], da[fd], dw[fd]
             if not (mc.size and da.size) or mw.sum() <= 0 or dw.sum() <= 0:

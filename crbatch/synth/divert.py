@@ -20,10 +20,11 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,6 +150,7 @@ class Spec:
     def signal_dsid(self) -> int:
         if self.dsid is not None:
             return self.dsid
+        assert self.mH is not None and self.mS is not None  # a signal spec (checked on construction)
         return DEFAULT_SIGNAL_DSID.get((float(self.mH), float(self.mS)), FALLBACK_SIGNAL_DSID)
 
 
@@ -202,6 +204,7 @@ def _generate(spec: Spec, rng: np.random.Generator, n: int) -> tuple[ph.Jets, ph
         return jets, ph.DATA_TUNE, {}
     if spec.data_type == "bib":
         return ph.bib_events(rng, n), ph.DATA_TUNE, {}
+    assert spec.mH is not None and spec.mS is not None  # a signal spec (checked on construction)
     jets, llp = ph.signal_events(rng, n, float(spec.mH), float(spec.mS))
     extra = {"llp_pT": llp["pt"]} | {f"llp_{k}": llp[k] for k in ("eta", "phi", "Lxy", "Lz")}
     extra |= {"mcEventWeight": np.ones(n, np.float32), "mcChannelNumber": np.full(n, spec.signal_dsid)}
@@ -464,7 +467,7 @@ def load_root():
 
 
 @contextlib.contextmanager
-def _tree_writer(path: Path, spec: Spec, compression: int) -> Iterator[tuple[object, dict[str, int]]]:
+def _tree_writer(path: Path, spec: Spec, compression: int) -> Iterator[tuple[Any, dict[str, int]]]:
     ROOT = load_root()
     # The tree title records what made the file (the generator's whole config), like every crbatch output.
     title = (f"crbatch {__version__} synth divert type={spec.data_type} events={spec.events} seed={spec.seed} "
@@ -489,8 +492,9 @@ def _tree_writer(path: Path, spec: Spec, compression: int) -> Iterator[tuple[obj
 def _fill(w, cols: dict[str, int], spec: Spec, block: Block) -> None:
     for b in branches(spec.data_type):
         data = block.arrays[b.name]
-        outer = 0 if b.coll is None else block.offsets[b.coll]
-        inner = block.inner.get(b.name, 0)
+        # 0 where the branch has no collection (or no inner vectors), else an offsets array.
+        outer: Any = 0 if b.coll is None else block.offsets[b.coll]
+        inner: Any = block.inner.get(b.name, 0)
         n_obj = block.n if b.coll is None else int(outer[-1])
         n_val = n_obj if b.cxx != "vvint" else int(inner[-1])
         if data.dtype != _NP[b.cxx] or not data.flags.c_contiguous or len(data) != n_val:
@@ -500,13 +504,14 @@ def _fill(w, cols: dict[str, int], spec: Spec, block: Block) -> None:
         raise Transient("ROOT could not write the tree (disk full or quota?); retry")
 
 
-def _blocks(spec: Spec) -> Iterator[Block]:
+def _blocks(spec: Spec) -> Generator[Block, None, None]:
     """The file's blocks in order, the next one generated (numpy, GIL released) while ROOT fills this one."""
     n_blocks = -(-spec.events // BLOCK_EVENTS)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth")
     try:
         pending = pool.submit(make_block, spec, 0) if n_blocks else None
         for i in range(n_blocks):
+            assert pending is not None  # submitted for every i < n_blocks
             block = pending.result()
             pending = pool.submit(make_block, spec, i + 1) if i + 1 < n_blocks else None
             yield block

@@ -396,7 +396,7 @@ class AdversarialTrainer:
         """The ``adversary_steps`` discriminator steps of a batch; records the last one (as the reference)."""
         scores, clf_ntv = self._disc_scores(st, cr, self.adversary_steps)
         st = {**st, "clf_ntv": clf_ntv}
-        disc = None
+        disc: Any = None  # a tensor after the loop (adversary_steps ≥ 1)
         for p_cr in scores:  # unrolled at trace time
             st, disc = self._disc_update(st, p_cr, cr)
         st["acc"] = st["acc"] + ops.concatenate([ops.zeros((len(ACC_NAMES) - 3,), disc.dtype), disc])
@@ -410,10 +410,11 @@ class AdversarialTrainer:
 
     def _fn(self, name: str) -> Callable:
         if name not in self._fns:
-            raw = {"disc_phase": self._disc_phase, "joint": self._joint_step, "disc": self._single_disc,
-                   "clf": self._clf_step, "batch": self._batch,
-                   "predict": self._predict, "predict_adv": self._predict_adv}[name]  # fmt: skip
-            self._fns[name] = _compile(raw)
+            fns: dict[str, Callable[..., Any]] = {
+                "disc_phase": self._disc_phase, "joint": self._joint_step, "disc": self._single_disc,
+                "clf": self._clf_step, "batch": self._batch, "predict": self._predict, "predict_adv": self._predict_adv,
+            }  # fmt: skip
+            self._fns[name] = _compile(fns[name])
         return self._fns[name]
 
     def _batch(self, st: State, main: Batch, cr: Batch) -> State:

@@ -30,7 +30,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,7 +82,8 @@ def to_host(state: Any) -> Any:
 def rng_state() -> tuple[dict[str, Any], np.ndarray]:
     """Python's and numpy's global RNG states (JSON part, numpy key array)."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy tuple (get_state's default); the stubs also allow the dict of legacy=False.
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {"python": [version, list(internal), gauss], "numpy": [name, int(pos), int(has_gauss), float(cached)]}, keys
 
 
@@ -97,7 +98,7 @@ def digest(arr: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes."""
     a = np.ascontiguousarray(arr)
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B") if a.size else b"")
+    h.update(memoryview(a).cast("B") if a.size else b"")  # type: ignore[arg-type]  # numpy: __buffer__ on 3.12+ only
     return h.hexdigest()
 
 

@@ -86,6 +86,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, dict[st
         run_dir = None
     saved = runs.read_saved_config(run_dir) if run_dir is not None else None
     if saved is not None:
+        assert run_dir is not None  # saved comes from it
         cfg = _validate(deep_merge(saved, explicit), f"{run_dir / runs.CONFIG_NAME} + command line")
         bad = cfg.incompatible_with(saved)
         if bad:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     if _uses_demo_data(cfg) and not cfg.dataset_path("main", "train").exists():
-        from ..demo import make_datasets
+        from ..demo_data import make_datasets
 
         log.warning("no datasets in %s: making the demo datasets (synthetic production → convert → build)", cfg.data)
         make_datasets(cfg.data.parent)
