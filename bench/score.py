@@ -9,6 +9,11 @@ table; the first chunk of each model is a warm-up and not timed.
     python bench/score.py                     # 300k jets, chunks of 4096
     python bench/score.py --jets 100000 --batch-size 8192
 
+Also, interleaved with the others: the bare prediction of onnxruntime on the ONNX file as written,
+with onnxruntime's default session options (what ``crbatch score`` did before the graph rewrite of
+crbatch/export/onnx_fast.py), for the before/after ratio; and ``--setup N``: the whole ``crbatch score``
+command (a fresh process: imports, model loading, a 2,000-jet shard) N times per route, the median.
+
 Numbers depend on the CPU and on what else runs: the load average and the CPU count are printed.
 """
 
@@ -65,6 +70,31 @@ def make_inputs(work: Path, jets: int) -> tuple[Path, Path, Path]:
     return shard, keras_file, onnx_file
 
 
+def setup_times(work: Path, keras_file: Path, onnx_file: Path, repeat: int) -> dict[str, float]:
+    """Median wall s of the whole ``crbatch score`` command on a 2,000-jet shard, per route (interleaved)."""
+    import statistics
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from crbatch.build.synthetic import random_tables, shard_attrs, write_shard
+
+    small = work / "small.h5"
+    if not small.exists():
+        write_shard(small, random_tables("qcd", 2000, np.random.default_rng(5), dsid=361022),
+                    shard_attrs("qcd", 2000, dsid=361022, source="bench:score"))  # fmt: skip
+    times: dict[str, list[float]] = {"Keras (TensorFlow)": [], "onnxruntime": []}
+    for _ in range(repeat):
+        for label, model in (("Keras (TensorFlow)", keras_file), ("onnxruntime", onnx_file)):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "crbatch", "-q", "score", str(small), "--model", str(model),
+                            "--out", str(work / "small.scored.h5"), "--force"], check=True,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+            times[label].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bare_predict(model, xs: list, batch: int) -> float:
     """Seconds to predict all jets of ``xs`` in chunks of ``batch`` (after a warm-up chunk)."""
     model.predict([x[:batch] for x in xs])
@@ -80,6 +110,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096, help="jets per prediction chunk (default: 4096)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work directory (default: {DEFAULT_WORK})")
     ap.add_argument("--keep", action="store_true", help="keep the scored files")
+    ap.add_argument("--setup", type=int, default=0, metavar="N", help="also time the whole command N times per route")
     args = ap.parse_args()
 
     import keras
@@ -106,6 +137,15 @@ def main() -> None:
         t_file = time.perf_counter() - t1
         t_bare = bare_predict(model, xs, args.batch_size)
         rows.append((label, t_file, t_bare))
+        if path == onnx_file:  # before: the file's graph, onnxruntime's default options
+            import onnxruntime as ort
+
+            from crbatch.export import onnx as onnx_export
+
+            sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            before = type("Before", (), {"predict": staticmethod(lambda x, s=sess: onnx_export.run(s, x))})
+            rows.append(("onnxruntime, graph as written, default options (before)", float("nan"),
+                         bare_predict(before, xs, args.batch_size)))  # fmt: skip
         if not args.keep:
             out.unlink(missing_ok=True)
     if not args.keep:
@@ -119,7 +159,12 @@ def main() -> None:
     print("| model | `crbatch score` (read + scale + predict + write) | jets/s | bare prediction | jets/s |")
     print("|---|---:|---:|---:|---:|")
     for label, t_file, t_bare in rows:
-        print(f"| {label} | {t_file:.2f} s | {args.jets / t_file:,.0f} | {t_bare:.2f} s | {args.jets / t_bare:,.0f} |")
+        f = "— | —" if t_file != t_file else f"{t_file:.2f} s | {args.jets / t_file:,.0f}"
+        print(f"| {label} | {f} | {t_bare:.2f} s | {args.jets / t_bare:,.0f} |")
+    if args.setup:
+        print(f"\nwhole `crbatch score` on a 2,000-jet shard (fresh process), median of {args.setup}:")
+        for label, t in setup_times(args.work, keras_file, onnx_file, args.setup).items():
+            print(f"- {label}: {t:.2f} s ({2000 / t:,.0f} jets/s)")
 
 
 if __name__ == "__main__":

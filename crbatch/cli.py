@@ -56,17 +56,46 @@ def _exit_codes(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import demo
-    from .batch import cli as batch_cli
-    from .build import cli as build_cli
-    from .convert import cli as convert_cli
-    from .evaluate import analyze_cli, score_cli
-    from .export import cli as export_cli
-    from .report import plot_cli
-    from .synth import cli as synth_cli
-    from .train import cli as train_cli
+# Every command: (module, its register function, the help line of `crbatch --help`). ``main`` imports
+# only the module of the command it runs, so a convert job does not pay for TensorFlow, matplotlib or
+# the other stages' configuration models (tests/test_startup.py checks the help lines stay the
+# modules' own).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("crbatch.synth.cli", "register", "write synthetic DiVertAnalysis-like inputs (needs PyROOT)"),
+    "convert": ("crbatch.convert.cli", "register", "convert inputs to HDF5 shards (one job per file)"),
+    "build": ("crbatch.build.cli", "register",
+              "shards → training datasets (main: QCD/signal/BIB; control region: MC/data), train/val/test"),
+    "plot": ("crbatch.report.plot_cli", "register",
+             "compare datasets or shard sets in a report (per-class and data-vs-MC plots)"),
+    "train": ("crbatch.train.cli", "register",
+              "adversarial training of the CalRatio classifier, with epoch checkpoints and automatic resume"),
+    "analyze": ("crbatch.evaluate.analyze_cli", "register",
+                "best epochs of training runs, test-split performance against baselines, one report, the export"),
+    "export": ("crbatch.export.cli", "register",
+               "export a trained classifier to frugally-deep JSON (DiVertAnalysis) and ONNX (Athena)"),
+    "score": ("crbatch.evaluate.score_cli", "register",
+              "apply a trained classifier (run epoch, .keras or .onnx) to shards or datasets; write the scores"),
+    "demo": ("crbatch.demo", "register",
+             "the whole pipeline on embedded synthetic inputs, through the local batch backend"),
+    "submit": ("crbatch.batch.cli", "register_submit",
+               "run a pipeline YAML as batch jobs: local (default), HTCondor DAG or Slurm"),
+    "status": ("crbatch.batch.cli", "register_status",
+               "what is done, failed (with the error), running or missing — from the storage alone"),
+    "collect": ("crbatch.batch.cli", "register_collect",
+                "gather a pipeline's reports from the shared storage into one folder"),
+}  # fmt: skip
 
+
+def _register(sub: argparse._SubParsersAction, name: str) -> None:
+    import importlib
+
+    module, func, _ = COMMANDS[name]
+    getattr(importlib.import_module(module), func)(sub)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``crbatch`` parser with every command, or — ``only`` — with that command complete and the
+    others as their help lines (enough for ``crbatch --help`` and for argparse's "invalid choice")."""
     p = argparse.ArgumentParser(
         prog="crbatch",
         description="Batch training of the ATLAS CalRatio per-jet classifier: convert, build, train, analyze, export.",
@@ -75,26 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     p.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    synth_cli.register(sub)
-    convert_cli.register(sub)
-    build_cli.register(sub)
-    plot_cli.register(sub)
-    train_cli.register(sub)
-    analyze_cli.register(sub)
-    export_cli.register(sub)
-    score_cli.register(sub)
-    demo.register(sub)
-    batch_cli.register(sub)
+    for name, (_, _, help_line) in COMMANDS.items():
+        if only is None or name == only:
+            _register(sub, name)
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     ec = sub.add_parser("exit-codes", help="print the exit codes and what a batch system should do with each")
     ec.set_defaults(func=_exit_codes)
     return p
+
+
+def command_of(argv: list[str]) -> str:
+    """The command an argument list runs ("" for none: ``crbatch --help``, ``crbatch -v``); the
+    top-level options take no values, so it is the first argument that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    if build_parser.__module__ != __name__:  # replaced (the tests add commands this way): use it as is
+        return build_parser()
+    return build_parser(only=command_of(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT raise crbatch.signals.SignalExit (exit 21), which unwinds through every
     # ``finally``: temporary outputs are removed, nothing half-written stays.
     signals.install()
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO}.get(args.verbose - args.quiet, logging.DEBUG)
     if args.verbose - args.quiet < -2:
