@@ -83,6 +83,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "what is done, failed (with the error), running or missing — from the storage alone"),
     "collect": ("crbatch.batch.cli", "register_collect",
                 "gather a pipeline's reports from the shared storage into one folder"),
+    "storage": ("crbatch.batch.staging", "register",
+                "copy files to and from the storage (root:// or a path); stage a job's files in and out"),
 }  # fmt: skip
 
 

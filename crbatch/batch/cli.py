@@ -21,7 +21,7 @@ IMAGE_JOBS_DIR = Path("/opt/crbatch/jobs")  # where the Dockerfile and apptainer
 
 
 def register(sub) -> None:
-    """All three commands."""
+    """submit, status, collect and storage (all at once; crbatch.cli registers them lazily, one by one)."""
     from . import staging
 
     register_submit(sub)
