@@ -39,6 +39,7 @@ import posixpath
 import re
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -74,7 +75,7 @@ def location(text: str | os.PathLike[str]) -> Path | RemotePath:
     """A :class:`RemotePath` for an XRootD URL, else a :class:`~pathlib.Path`."""
     if isinstance(text, RemotePath | Path):
         return text
-    return RemotePath(text) if is_url(text) else Path(text)
+    return RemotePath(os.fspath(text)) if is_url(text) else Path(text)
 
 
 def basename(text: str | os.PathLike[str]) -> str:
@@ -88,6 +89,14 @@ def basename(text: str | os.PathLike[str]) -> str:
 def _xrootd():
     for k, v in _XRD_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    if "tensorflow" in sys.modules and "XRootD.client" not in sys.modules:
+        # The PyPI XRootD client segfaults in its initialisation when TensorFlow (2.21) was loaded first
+        # in the process; loaded the other way round both work. No crbatch command needs both: fail loudly.
+        raise CrbatchError(
+            "the XRootD client cannot be loaded after TensorFlow in one process (it crashes); "
+            "import XRootD.client before tensorflow, or do the root:// I/O in another process (crbatch storage)",
+            ExitCode.INTERNAL,
+        )
     try:
         from XRootD import client
         from XRootD.client import flags

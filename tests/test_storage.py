@@ -30,6 +30,27 @@ def test_location_keeps_urls_whole():
     assert e.value.code == ExitCode.CONFIG
 
 
+def test_xrootd_after_tensorflow_is_a_clear_error_not_a_crash():
+    """The PyPI XRootD client segfaults when loaded after TensorFlow: crbatch.storage refuses with one line."""
+    pytest.importorskip("XRootD.client")
+    pytest.importorskip("tensorflow")
+    code = textwrap.dedent("""
+        import sys
+        import tensorflow  # noqa: F401
+        from crbatch import storage
+        from crbatch.errors import CrbatchError
+        try:
+            storage.location("root://127.0.0.1:1//x/y.h5").exists()
+        except CrbatchError as e:
+            print("ERR", int(e.code), e)
+            sys.exit(0)
+        sys.exit(7)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert f"ERR {int(ExitCode.INTERNAL)}" in r.stdout and "after TensorFlow" in r.stdout
+
+
 def test_remote_path_reads_writes_lists(remote_dir):
     f = remote_dir / "a" / "b.txt"
     f.write_text("hello")

@@ -215,10 +215,10 @@ def make_plan(p: Pipeline, until: str = "analyze") -> Plan:
     datasets = tuple(str(lay.datasets / f"{r}_{s}.h5") for r in ("main", "cr") for s in ("train", "val", "test"))
     plan.tasks["build"] = [Task("build", 0, "build", (*datasets, str(lay.datasets / "summary.json")))]
     plan.tasks["train"] = train_tasks(p, lay)
-    outs = [str(lay.report)]
+    analyze_outs = [str(lay.report)]
     if p.analyze.export.enabled:
-        outs.append(str(lay.exports))
-    plan.tasks["analyze"] = [Task("analyze", 0, "analyze", tuple(outs))]
+        analyze_outs.append(str(lay.exports))
+    plan.tasks["analyze"] = [Task("analyze", 0, "analyze", tuple(analyze_outs))]
     plan.tasks["report"] = [Task("report", 0, "report", (str(lay.report_dir / "status.md"),))]
     for stage in STAGES[STAGES.index(until) + 1 :]:
         del plan.tasks[stage]
@@ -361,10 +361,10 @@ def sandbox_view(plan: Plan) -> Plan:
     """The plan as a job on root:// storage sees it: every storage location under ``storage/`` in its
     sandbox (what it stages in from and out to the storage root)."""
     root = plan.layout.root
-    lay = Layout(Path(SANDBOX_STORAGE), plan.layout.name, plan.layout.model, plan.layout.run)  # type: ignore[arg-type]
+    lay = Layout(Path(SANDBOX_STORAGE), plan.layout.name, plan.layout.model, plan.layout.run)
 
     def local(out: str) -> str:
-        return str(Path(SANDBOX_STORAGE) / location(out).relative_to(root))  # type: ignore[union-attr,arg-type]
+        return str(Path(SANDBOX_STORAGE) / location(out).relative_to(root))  # type: ignore[arg-type]
 
     view = Plan(plan.pipeline, lay)
     view.tasks = {
@@ -379,7 +379,7 @@ def stage_spec(plan: Plan, task: Task) -> dict[str, Any]:
     uploaded after everything else; ``always``: also after a failure; ``complete``: only a file of this
     crbatch kind that is complete; ``delete_extra``: the remote directory ends as the local one)."""
     lay = plan.layout
-    rel = lambda where: str(location(str(where)).relative_to(lay.root))  # type: ignore[union-attr]  # noqa: E731
+    rel = lambda where: str(location(str(where)).relative_to(lay.root))  # type: ignore[arg-type]  # noqa: E731
     datasets = rel(lay.datasets)
     if task.stage == "convert":
         outs = [rel(o) for o in task.outputs]

@@ -96,7 +96,7 @@ def point_name(options: dict[str, Any]) -> str:
     return name
 
 
-def expand(scan: dict[str, list[Any]], option_sets: list[dict[str, Any]]) -> list[RunPoint]:
+def expand(scan: dict[str, Any], option_sets: list[Any]) -> list[RunPoint]:
     """The runs of a campaign (order: option sets, then the product in the scan's key order);
     ``[RunPoint("")]`` for a pipeline without scan. Raises ValueError with a one-line message."""
     if not scan and not option_sets:
@@ -115,8 +115,8 @@ def expand(scan: dict[str, list[Any]], option_sets: list[dict[str, Any]]) -> lis
     out: list[RunPoint] = []
     seen: dict[str, int] = {}
     for i, s in enumerate(sets):
-        for values in itertools.product(*(scan[k] for k in keys)):
-            opts = {k: _canonical(v) for k, v in {**s, **dict(zip(keys, values, strict=True))}.items()}
+        for combo in itertools.product(*(scan[k] for k in keys)):
+            opts = {k: _canonical(v) for k, v in {**s, **dict(zip(keys, combo, strict=True))}.items()}
             name = point_name(opts) if opts else "default"
             if name in seen:
                 raise ValueError(f"train: run {name} is given twice (option_sets[{seen[name]}] and [{i}]); "

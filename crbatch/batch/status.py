@@ -67,7 +67,7 @@ def _int(v: str | None, default: int | None = None) -> int | None:
         return default
 
 
-def epochs_done(run_dir: Path) -> int:
+def epochs_done(run_dir: Path | storage.RemotePath) -> int:
     """Epochs a run has finished (the length of its history.json), 0 when none."""
     try:
         hist = json.loads((run_dir / "history.json").read_text())
@@ -85,7 +85,7 @@ def output_done(plan: Plan, task: Task) -> bool:
     if task.stage == "build":
         return _datasets_done(lay.datasets, ["main"] + (["cr"] if any(d.type == "data" for d in p.datasets) else []))
     if task.stage == "train":
-        return epochs_done(Path(task.outputs[0])) >= epochs_wanted(plan, task)
+        return epochs_done(storage.location(task.outputs[0])) >= epochs_wanted(plan, task)
     if task.stage == "analyze":
         if not lay.report.is_file():
             return False
@@ -100,7 +100,7 @@ def epochs_wanted(plan: Plan, task: Task) -> int:
     return plan.pipeline.train.epochs_of(point_of(plan.pipeline, task))
 
 
-def _datasets_done(directory: Path, roles: list[str]) -> bool:
+def _datasets_done(directory: Path | storage.RemotePath, roles: list[str]) -> bool:
     """Every dataset of ``roles`` complete, all from one build (no other build's files beside them),
     and ``summary.json`` of that build: a build killed between its final renames is not done."""
     from ..build.consistency import build_ids
@@ -150,10 +150,10 @@ def _local_pid_dead(scheduler: str, host: str) -> bool:
     return False
 
 
-def output_dir(plan: Plan, task: Task) -> Path | None:
+def output_dir(plan: Plan, task: Task) -> Path | storage.RemotePath | None:
     """The directory a task's process locks while it writes (train: the run, build: the datasets)."""
     if task.stage == "train":
-        return Path(task.outputs[0])
+        return storage.location(task.outputs[0])
     return {"build": plan.layout.datasets}.get(task.stage)
 
 
@@ -167,7 +167,7 @@ def job_status(plan: Plan, task: Task) -> JobStatus:
     st.exit = _int(sf.get("exit"))
     recorded = sf.get("state", "")
     if task.stage == "train":
-        st.epochs = (epochs_done(Path(task.outputs[0])), epochs_wanted(plan, task))
+        st.epochs = (epochs_done(storage.location(task.outputs[0])), epochs_wanted(plan, task))
         st.detail = f"epoch {st.epochs[0]}/{st.epochs[1]}"
     done = output_done(plan, task)
     if recorded == "running" and _local_pid_dead(st.scheduler, st.host):

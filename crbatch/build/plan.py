@@ -182,7 +182,7 @@ def shard_classes(attrs: dict[str, Any], path: Path) -> dict[str, int]:
     """{data type: jets} of a shard: one class, or a multi-class legacy shard's ``label_counts``."""
     dt = attrs.get(schema.A_DATA_TYPE)
     if dt != "mixed":
-        return {dt: int(attrs.get(schema.A_N_JETS, 0))}
+        return {str(dt): int(attrs.get(schema.A_N_JETS, 0))}
     counts = attrs.get("label_counts")
     if not isinstance(counts, dict) or not counts or not set(counts) <= set(_LABEL_TYPE):
         raise InputSchema(f"{path}: multi-class shard without valid label_counts; reconvert it with this crbatch")

@@ -250,7 +250,7 @@ class _Mixer:
             # Windows of equal unit counts (no small last window whose batches would be poorly mixed).
             n_win = -(-len(perm) // self.wu)
             self._bounds = np.linspace(0, len(perm), n_win + 1).astype(np.int64)
-            counts = np.add.reduceat(self.u_sel[perm], self._bounds[:-1]) if len(perm) else []
+            counts = np.add.reduceat(self.u_sel[perm], self._bounds[:-1]) if len(perm) else np.zeros(0, np.int64)
             self._layout_key, self._layout = key, (perm, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
         return self._layout
 

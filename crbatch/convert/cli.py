@@ -76,7 +76,8 @@ def _expand_all(patterns: list[tuple[Any, str]], suffixes: tuple[str, ...]):
     """(entry, path) for every match, and the outcomes of patterns that matched nothing."""
     from ..storage import RemotePath, is_url
 
-    found, failed = [], []
+    found: list[tuple[Any, Path | RemotePath]] = []
+    failed = []
     for entry, pat in patterns:
         if is_url(pat):  # read in place over XRootD (no wildcards: a rucio DID lists the files)
             found.append((entry, RemotePath(pat)))

@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ..progress import Progress
 from .config import ConvertDivertConfig, InputEntry
 from .fastread import use_fast_interpretations
 from .selection import branches_for, select, tables_for
+
+if TYPE_CHECKING:
+    from ..storage import RemotePath
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,9 @@ def _entry_step(tree, branches: list[str], step_size: int | str) -> int:
         return int(tree.num_entries)
 
 
-def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDivertConfig) -> dict[str, Any]:
+def convert_divert_file(
+    entry: InputEntry, src: Path | RemotePath, tmp: Path, cfg: ConvertDivertConfig
+) -> dict[str, Any]:
     """Convert ``src`` into the HDF5 file ``tmp``; return the attributes written."""
     path = str(src)
     f = _open(path, cfg)
@@ -271,7 +276,7 @@ def convert_divert_file(entry: InputEntry, src: Path, tmp: Path, cfg: ConvertDiv
                 schema.A_N_JETS: writer.n,
                 schema.A_SCALED: False,
                 "source_path": str(src.resolve()) if not _is_remote(path) else path,
-                "source_size": os.path.getsize(path) if not _is_remote(path) else src.size(),
+                "source_size": os.path.getsize(path) if not _is_remote(path) else src.size(),  # type: ignore[union-attr]  # remote: a RemotePath
                 "source_entries": n_entries,
                 "tree": cfg.tree,
                 "llp_mH": masses[0],

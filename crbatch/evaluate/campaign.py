@@ -73,7 +73,7 @@ def _ks(m: ModelMetrics, output: str) -> tuple[float | None, float | None]:
     return (k.ks, k.pvalue) if k is not None else (None, None)
 
 
-def spread(values: Sequence[float]) -> Spread | None:
+def spread(values: Sequence[float | None]) -> Spread | None:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
         return None
@@ -126,18 +126,18 @@ def campaign_result(sections: Sequence[RunSection], cfg: CampaignConfig) -> Camp
     for os_ in sets.values():
         members = [by_label[x] for x in os_.runs if by_label[x].rejection]
         for b in BACKGROUNDS:
-            rej = spread([m.rejection[b].value for m in members if b in m.rejection])
-            auc = spread([m.auc[b] for m in members if b in m.auc])
-            if rej is not None:
-                os_.rejection[b] = rej
-            if auc is not None:
-                os_.auc[b] = auc
+            rej_spread = spread([m.rejection[b].value for m in members if b in m.rejection])
+            auc_spread = spread([m.auc[b] for m in members if b in m.auc])
+            if rej_spread is not None:
+                os_.rejection[b] = rej_spread
+            if auc_spread is not None:
+                os_.auc[b] = auc_spread
         os_.ks = spread([m.ks for m in members if m.ks is not None])
     set_list = list(sets.values())
     front = pareto([(s.rejection[rule.background].mean if rule.background in s.rejection else None,
                      s.ks.mean if s.ks else None) for s in set_list])  # fmt: skip
-    for s, f in zip(set_list, front, strict=True):
-        s.pareto = f
+    for oset, f in zip(set_list, front, strict=True):
+        oset.pareto = f
     baselines = _baselines(sections, rule)
     digests = {s.sample.jets_digest for s in sections if s.sample is not None}
     res = CampaignResult(rule=rule.model_dump(mode="json"), rule_text=rule.describe(), group_over=list(cfg.group_over),
@@ -201,9 +201,9 @@ def select(res: CampaignResult) -> None:
                 f"run(s), mean data/MC K-S {_fmt(best.ks.mean if best.ks else None)}")  # fmt: skip
         res.selected_set = best.label
     else:
-        passing = [r for r in runs if ok(r.ks)]
-        res.ceiling_met = bool(passing)
-        run = (max(passing, key=lambda r: (r.rejection[bkg].value, -ks_key(r.ks))) if passing
+        passing_runs = [r for r in runs if ok(r.ks)]
+        res.ceiling_met = bool(passing_runs)
+        run = (max(passing_runs, key=lambda r: (r.rejection[bkg].value, -ks_key(r.ks))) if passing_runs
                else min(runs, key=lambda r: ks_key(r.ks)))  # fmt: skip
         head = f"the best run of {len(runs)}"
         res.selected_set = run.option_set

@@ -59,7 +59,7 @@ class CampaignConfig(BaseModel):
     group_over: list[str] = Field(
         ["seed"], description="options that do not make an option set: runs differing only in them are averaged"
     )
-    select: SelectRule = Field(default_factory=SelectRule)  # type: ignore[arg-type]
+    select: SelectRule = Field(default_factory=SelectRule)
     export_all: bool = Field(False, description="export every run's chosen epoch, not only the selected run's")
     details: Literal["selected", "all"] = Field(
         "selected", description="full test-split sections (every figure) for the selected run only, or for all runs "

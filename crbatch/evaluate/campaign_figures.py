@@ -37,20 +37,22 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
         if not members or background not in s.rejection or s.ks is None:
             continue
         color = st.input_color(i)
-        xs = [m.ks for m in members]
+        xs = [m.ks for m in members if m.ks is not None]  # every member has one (filtered above)
         ys = [m.rejection[background].value for m in members]
         ax.plot(xs, ys, st.marker(i), ms=4, color=color, alpha=0.45, ls="none")
         y, x = s.rejection[background], s.ks
+        ylo: float
+        yhi: float
         if y.n > 1:
-            yerr, xerr = (y.std if np.isfinite(y.std) else 0.0), (x.std if np.isfinite(x.std) else 0.0)
+            ylo = yhi = y.std if np.isfinite(y.std) else 0.0
+            xerr = x.std if np.isfinite(x.std) else 0.0
             what = f"mean ± std of {y.n} runs"
         else:  # one run: its Clopper-Pearson interval
             r = members[0].rejection[background]
-            yerr = [[max(r.value - r.low, 0.0)], [max(r.high - r.value, 0.0) if np.isfinite(r.high) else 0.0]]
+            ylo, yhi = max(r.value - r.low, 0.0), (max(r.high - r.value, 0.0) if np.isfinite(r.high) else 0.0)
             xerr, what = 0.0, "1 run, 68% CL"
-        ax.errorbar([x.mean], [y.mean], yerr=yerr, xerr=xerr, fmt=st.marker(i), ms=8, color=color, capsize=3,
+        ax.errorbar([x.mean], [y.mean], yerr=[[ylo], [yhi]], xerr=xerr, fmt=st.marker(i), ms=8, color=color, capsize=3,
                     mfc=color if on_front[i] else "white", mew=1.5, label=f"{legend_label(s.options) if s.options else 'all runs'} ({what})")  # fmt: skip
-        ylo, yhi = (yerr, yerr) if np.isscalar(yerr) else (yerr[0][0], yerr[1][0])  # type: ignore[index]
         allx += [*xs, x.mean - xerr, x.mean + xerr]
         ally += [*ys, y.mean - ylo, y.mean + yhi]
     front = sorted((s.ks.mean, s.rejection[background].mean) for s, f in zip(res.option_sets, on_front, strict=True)
@@ -77,17 +79,17 @@ def fig_tradeoff(res: CampaignResult, background: str) -> Any:
         allx.append(ceiling)
     elif off_scale:
         ax.plot([], [], ls="--", color="tab:red", label=f"K-S ceiling {ceiling:g} (off scale: all pass)")
-    y = np.asarray([v for v in ally if np.isfinite(v) and v > 0])
-    if y.size and y.max() / y.min() > 20:
+    yv = np.asarray([v for v in ally if np.isfinite(v) and v > 0])
+    if yv.size and yv.max() / yv.min() > 20:
         ax.set_yscale("log")
-        F._headroom(ax, list(y), log=True, frac=0.55)
-    elif y.size:
-        lo, hi = float(y.min()), float(y.max())
+        F._headroom(ax, list(yv), log=True, frac=0.55)
+    elif yv.size:
+        lo, hi = float(yv.min()), float(yv.max())
         pad = 0.1 * (hi - lo) if hi > lo else 0.1 * hi
         ax.set_ylim(max(0.0, lo - pad), hi + 1.2 * (hi - lo + 2 * pad))
-    x = np.asarray([v for v in allx if np.isfinite(v)])
-    if x.size:
-        lo, hi = float(x.min()), float(x.max())
+    xv = np.asarray([v for v in allx if np.isfinite(v)])
+    if xv.size:
+        lo, hi = float(xv.min()), float(xv.max())
         pad = 0.1 * (hi - lo) if hi > lo else 0.05
         ax.set_xlim(max(0.0, lo - pad), hi + pad)
     out = rule.get("ks_output", "sig")

@@ -59,10 +59,10 @@ def section_campaign(page: Any, doc: MetricsDoc) -> None:
         row: dict[str, Any] = {"run": r.label, "option set": r.option_set,
                                "options": ", ".join(f"{k}={v}" for k, v in r.options.items()),
                                "epoch": f"{r.epoch}/{r.n_epochs}" if r.epoch is not None else f"—/{r.n_epochs}"}  # fmt: skip
-        for b in ("QCD", "BIB"):
-            iv = r.rejection.get(b)
-            row[f"{b} rej."] = fmt(iv.value) if iv else ""
-            row[f"{b} 68% CL"] = f"[{fmt(iv.low)}, {fmt(iv.high)}]" if iv else ""
+        for bkg in ("QCD", "BIB"):
+            iv = r.rejection.get(bkg)
+            row[f"{bkg} rej."] = fmt(iv.value) if iv else ""
+            row[f"{bkg} 68% CL"] = f"[{fmt(iv.low)}, {fmt(iv.high)}]" if iv else ""
         row.update({"AUC QCD": fmt(r.auc.get("QCD")), "AUC BIB": fmt(r.auc.get("BIB")), ks_name: fmt(r.ks),
                     "p-value": fmt(r.ks_pvalue), "in ceiling": fmt(r.passes), "selected": "✔" if r.label == res.selected
                     else ""})  # fmt: skip

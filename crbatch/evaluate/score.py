@@ -335,7 +335,7 @@ def _same_scaling(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> b
 
     def norm(c: Mapping[str, Any], k: str) -> Any:
         v = c.get(k)
-        return _SAME_NAME.get(v, v) if k == "name" else v
+        return _SAME_NAME.get(v, v) if k == "name" and isinstance(v, str) else v
 
     return a is not None and b is not None and all(norm(a, k) == norm(b, k) for k in keys)
 

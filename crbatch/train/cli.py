@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     build = top.build_parser
 
-    def with_train() -> argparse.ArgumentParser:
-        p = build()
+    def with_train(only: str | None = None) -> argparse.ArgumentParser:
+        p = build(only)
         sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
         if "train" not in sub.choices:
             register(sub)
