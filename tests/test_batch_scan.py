@@ -12,8 +12,8 @@ import yaml
 from batch_helpers import pipeline_yaml, simple_plan, touch_inputs
 
 from crbatch.batch.pipeline import load_pipeline
-from crbatch.batch.plan import load_plan, make_plan, read_nul_args, write_plan
-from crbatch.batch.scan import RunPoint, expand, keep_indices, point_name, value_token
+from crbatch.batch.plan import keep_indices, load_plan, make_plan, read_nul_args, write_plan
+from crbatch.batch.scan import RunPoint, expand, point_name, value_token
 from crbatch.errors import ConfigError, ExitCode
 
 SCAN = {"adversary_weight": [0, 3, 10, 30], "seed": [1, 2, 3]}

@@ -18,8 +18,6 @@ PACKAGE = ROOT / "crbatch"
 # Cycles present when this test was written, each a set of modules that import one another: not to
 # grow, and to be removed from here once broken.
 KNOWN_CYCLES = {
-    # crbatch.train.cli.main (``python -m crbatch.train.cli``, used by tests) runs the top-level command.
-    frozenset({"crbatch.cli", "crbatch.train.cli"}),
     # The per-epoch figures take their histograms from epoch.py, which draws them lazily.
     frozenset({"crbatch.evaluate.epoch", "crbatch.evaluate.plots"}),
     # Scoring loads exported models through export.cli; the raw-jet export scores through score.py.
@@ -87,7 +85,9 @@ def test_graph_sees_lazy_and_relative_imports():
     g = import_graph()
     assert "crbatch.errors" in g["crbatch.demo_data"]  # from .errors import ... (module level)
     assert "crbatch.convert.cli" in g["crbatch.demo_data"]  # from .convert import cli (inside a function)
-    assert "crbatch.train.cli" in g["crbatch.cli"]  # from .train import cli as train_cli
+    assert "crbatch.batch.scan" in g["crbatch.batch.pipeline"]  # from .scan import expand (inside a method)
+    # crbatch/cli.py loads each command's module by name (importlib, COMMANDS): no edge to see there
+    assert "crbatch.train.cli" not in g["crbatch.cli"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}
 
 
@@ -99,6 +99,11 @@ def test_demo_production_is_below_the_commands():
     assert not below & {"crbatch.cli", "crbatch.demo", "crbatch.train.cli", "crbatch.batch.cli"}, sorted(below)
     assert "crbatch.demo_data" in g["crbatch.train.cli"] and "crbatch.demo" not in g["crbatch.train.cli"]
     assert "crbatch.cli" not in reachable(g, "crbatch.demo")
+
+
+def test_known_cycles_are_still_cycles():
+    """An entry of KNOWN_CYCLES that is no longer a cycle is removed, so it cannot hide a new one."""
+    assert cycles(import_graph()) >= KNOWN_CYCLES
 
 
 def test_no_new_import_cycle():

@@ -152,7 +152,7 @@ def run_submit(args: argparse.Namespace) -> int:
     jobs = jobs_dir_for(args, plan, args.backend)
     plan_dir = Path(os.path.abspath(args.output_dir or default_plan_dir(plan, args.backend)))
     site = load_site(args.site or p.site) if args.backend == "condor" else None
-    from .scan import keep_indices
+    from .plan import keep_indices
 
     keep_indices(plan, plan_dir)  # a requeued training of an earlier submission still finds its run
     states = collect_status(plan)

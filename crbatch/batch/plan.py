@@ -30,6 +30,7 @@ from .. import schema
 from ..errors import ConfigError, CrbatchError, InputMissing
 from ..inputs import expand
 from ..storage import basename, location
+from . import scan
 from .layout import Layout
 from .pipeline import Dataset, Pipeline, RucioOptions, is_remote, is_url
 
@@ -455,6 +456,21 @@ def write_plan(plan: Plan, plan_dir: Path, run_dir: str | None = None) -> Path:
     doc = {"pipeline": plan.pipeline.model_dump(mode="json"), "tasks": [asdict(t) for t in plan.all()]}
     write_atomic(plan_dir / PLAN_FILE, json.dumps(doc, indent=1) + "\n")
     return plan_dir
+
+
+def write_indices(plan_dir: Path, known: dict[str, int]) -> None:
+    write_atomic(plan_dir / "train" / scan.INDEX_FILE, json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+def keep_indices(plan: Any, plan_dir: Path) -> None:
+    """Give ``plan``'s training tasks their indices of earlier submissions into ``plan_dir`` (new runs:
+    new indices) and remember them there (see :func:`~crbatch.batch.scan.stable_indices`)."""
+    tasks = plan.stage("train")
+    if not tasks:
+        return
+    idx, known = scan.stable_indices([t.job for t in tasks], plan_dir)
+    plan.tasks["train"] = sorted(train_tasks(plan.pipeline, plan.layout, idx), key=lambda t: t.index)
+    write_indices(plan_dir, known)
 
 
 def load_plan(path: Path) -> Plan:

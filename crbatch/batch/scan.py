@@ -194,22 +194,3 @@ def stable_indices(names: list[str], plan_dir: Path) -> tuple[dict[str, int], di
             nxt += 1
         out[n] = known[n]
     return out, known
-
-
-def write_indices(plan_dir: Path, known: dict[str, int]) -> None:
-    from .plan import write_atomic
-
-    write_atomic(plan_dir / "train" / INDEX_FILE, json.dumps(known, indent=1, sort_keys=True) + "\n")
-
-
-def keep_indices(plan: Any, plan_dir: Path) -> None:
-    """Give ``plan``'s training tasks their indices of earlier submissions into ``plan_dir`` (new runs:
-    new indices) and remember them there (see :func:`stable_indices`)."""
-    from .plan import train_tasks
-
-    tasks = plan.stage("train")
-    if not tasks:
-        return
-    idx, known = stable_indices([t.job for t in tasks], plan_dir)
-    plan.tasks["train"] = sorted(train_tasks(plan.pipeline, plan.layout, idx), key=lambda t: t.index)
-    write_indices(plan_dir, known)

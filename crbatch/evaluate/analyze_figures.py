@@ -91,6 +91,19 @@ def _headroom(ax: Any, values: Sequence[float], log: bool, frac: float = 0.58, f
         ax.set_ylim(lo, lo + (hi - lo) / frac if hi > lo else lo + 1)
 
 
+def _finish_score_panel(fig: Any, ax: Any, edges: Any, allv: list[float], output: str, lines: Sequence[str]) -> Any:
+    """The common ending of a score-distribution panel: logit x axis, log y with headroom, labels."""
+    if edges is not None:
+        _logit_axis(ax, edges)
+    ax.set_yscale("log")
+    _headroom(ax, allv or [1e-3, 1], log=True)
+    ax.set_xlabel(f"{OUTPUT_LABEL[output]} (logit scale)")
+    ax.set_ylabel("Fraction of jets / bin")
+    ax.legend(loc="upper right", frameon=False, fontsize="x-small")
+    _label(ax, lines)
+    return fig
+
+
 def _ratio_axis(rax: Any, ylabel: str, values: Sequence[float]) -> None:
     v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
     dev = float(np.percentile(np.abs(v - 1), 95)) if v.size else 0.5
@@ -301,15 +314,7 @@ def fig_scores(by_model: Sequence[tuple[Model, Sequence[Histogram]]], output: st
             allv += [x for x in h.value if x > 0]
             edges = h.edges
     ax.errorbar([], [], yerr=[], fmt="none", ecolor="k", label=r"stat. uncertainty ($\sqrt{\Sigma w^2}$)")
-    if edges is not None:
-        _logit_axis(ax, edges)
-    ax.set_yscale("log")
-    _headroom(ax, allv or [1e-3, 1], log=True)
-    ax.set_xlabel(f"{OUTPUT_LABEL[output]} (logit scale)")
-    ax.set_ylabel("Fraction of jets / bin")
-    ax.legend(loc="upper right", frameon=False, fontsize="x-small")
-    _label(ax, lines)
-    return fig
+    return _finish_score_panel(fig, ax, edges, allv, output, lines)
 
 
 def fig_data_mc(by_model: Sequence[tuple[Model, Histogram | None, Histogram | None, str]], output: str,
@@ -388,15 +393,7 @@ def fig_overtraining(hists: Sequence[Histogram], ks: dict[str, float], output: s
             ax.errorbar(c[ok], v[ok], yerr=err[ok], fmt="o", ms=3.5, color=color,
                         label=f"{h.sample} test ({h.jets:,} jets), K-S p = {p:.2g}")  # fmt: skip
         allv += list(v[v > 0])
-    if edges is not None:
-        _logit_axis(ax, edges)
-    ax.set_yscale("log")
-    _headroom(ax, allv or [1e-3, 1], log=True)
-    ax.set_xlabel(f"{OUTPUT_LABEL[output]} (logit scale)")
-    ax.set_ylabel("Fraction of jets / bin")
-    ax.legend(loc="upper right", frameon=False, fontsize="x-small")
-    _label(ax, lines)
-    return fig
+    return _finish_score_panel(fig, ax, edges, allv, output, lines)
 
 
 # --- S/√B, efficiency map, history -------------------------------------------------------------------

@@ -7,7 +7,6 @@ Every number in a table is ``fmt(value)`` of a value in metrics.json — the tes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from .analyze_results import (
     MetricsDoc,
     ModelMetrics,
     RunSection,
+    fmt,
     point_label,
     point_slug,
     write_text,
@@ -29,23 +29,6 @@ from .analyze_runs import RunInfo, RunSpec, parameter_tables
 from .epoch import OUTPUTS
 
 PCT = "{:.0%}".format
-
-
-def fmt(v: Any) -> str:
-    """The one number format of the report's tables (the tests compare it with metrics.json)."""
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _fmts(columns: Sequence[str]) -> dict[str, Any]:

@@ -387,3 +387,20 @@ def read_metrics(path: Path) -> MetricsDoc:
         raise InputSchema(
             f"{path}: does not match the metrics schema ({e.error_count()} errors: {e.errors()[0]})"
         ) from e
+
+
+def fmt(v: Any) -> str:
+    """The one number format of the report's tables (the tests compare it with metrics.json)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        return f"{v:.4g}"
+    return str(v)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import campaign_figures as CF
-from .analyze_report import fmt
-from .analyze_results import MetricsDoc, Spread
+from .analyze_results import MetricsDoc, Spread, fmt
 
 
 def pm(s: Spread | None) -> str:
