@@ -409,3 +409,30 @@ def test_osg_profile_refuses_shared_storage(tmp_path, monkeypatch, capsys):
     y.write_text(yaml.safe_dump(doc))
     assert crbatch("submit", y, "--backend", "condor", "--dry-run") == ExitCode.CONFIG
     assert "root://" in capsys.readouterr().err
+
+
+def test_campaign_on_root_storage_stages_each_run_and_the_analysis_all(remote_dir, synth_file, tmp_path):
+    """A campaign (train.scan) on root:// storage: each training stages its own run directory in and out,
+    its config names the sandbox's storage, the analysis stages every run in, and status reads each run."""
+    y, _ = remote_pipeline(tmp_path, remote_dir, synth_file, "rc", train={
+        "options": {"epochs": 1, "batch_size": 64}, "scan": {"seed": [1, 2]}, "resources": {**SMALL, "gpus": 1}})  # fmt: skip
+    plan = make_plan(load_pipeline(y))
+    d = write_plan(plan, tmp_path / "plan")
+    root = str(remote_dir / "storage")
+    train = plan.stage("train")
+    assert len(train) == 2 and len({t.outputs[0] for t in train}) == 2
+    rels = []
+    for t in train:
+        rel = t.outputs[0].removeprefix(root + "/")
+        assert rel != t.outputs[0]  # the run directory is on the remote storage
+        spec = json.loads((d / "train" / f"{t.index}.stage.json").read_text())
+        assert {e["rel"] for e in spec["out"]} == {rel} and rel in {e["rel"] for e in spec["in"]}
+        cfg = yaml.safe_load((d / "train" / f"{t.index}.yaml").read_text())
+        assert cfg["output_dir"].startswith("storage/") and cfg["data"].startswith("storage/"), cfg
+        args = (d / "train" / f"{t.index}.args").read_bytes().split(b"\0")
+        assert args[2].decode() == f"storage/{rel}", args
+        rels.append(rel)
+    analyze = json.loads((d / "analyze" / "0.stage.json").read_text())
+    assert set(rels) <= {e["rel"] for e in analyze["in"]}
+    jobs = collect_status(plan)
+    assert all(jobs[t.job].state == "missing" and jobs[t.job].epochs == (0, 1) for t in train)
