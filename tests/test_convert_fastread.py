@@ -88,6 +88,21 @@ def test_shard_equals_the_one_decoded_by_uproot(synthetic, tmp_path):
 
 
 @needs_root
+def test_uproot_with_renamed_decoding_internals_falls_back_when_installed(synthetic, tmp_path, monkeypatch, caplog):
+    """The attributes FastJagged reads while decoding are checked when it is installed: an uproot that
+    renamed one falls back before the first basket, and the shard equals --no-fast-decoding's."""
+    from crbatch.convert.fastread import FastJagged
+
+    argv = ["-q", "convert", "divert", str(synthetic), "--type", "bib", "--step-size", "500"]
+    assert main([*argv, "--no-fast-decoding", "--output-dir", str(tmp_path / "plain")]) == 0
+    monkeypatch.setattr(FastJagged, "_INTERNALS", ("_header_bytes", "_content", "_renamed_in_a_new_uproot"))
+    assert main([*argv, "--fast-decoding", "--output-dir", str(tmp_path / "fallback")]) == 0
+    assert "fast std::vector decoding unavailable with uproot" in caplog.text
+    with h5py.File(tmp_path / "fallback" / "bib.h5") as a, h5py.File(tmp_path / "plain" / "bib.h5") as b:
+        for table in ("jets", "clusters", "tracks", "msegs"):
+            np.testing.assert_array_equal(a[table][:], b[table][:])
+
+
 def test_uproot_without_the_internals_falls_back_to_its_own_decoding(synthetic, tmp_path, monkeypatch, caplog):
     """An uproot whose interpretation internals moved: the conversion warns, decodes with uproot's own
     code and writes the same shard as --no-fast-decoding."""

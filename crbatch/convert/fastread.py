@@ -46,11 +46,20 @@ class _ReuseLastBasket:
 class FastJagged(_ReuseLastBasket, AsJagged):
     """``AsJagged`` (``std::vector<number>``) with basket reuse and 2-byte-word header stripping."""
 
+    # uproot internals _decode reads while decoding: checked when installed, so that an uproot which
+    # renamed them falls back to its own decoding (use_fast_interpretations' caller) instead of failing
+    # in the middle of a conversion
+    _INTERNALS: tuple[str, ...] = ("_header_bytes", "_content")
+
     @classmethod
     def of(cls, interp: AsJagged) -> FastJagged:
-        return cls(
+        fast = cls(
             interp.content, header_bytes=interp.header_bytes, typename=interp._typename, original=interp.original
         )
+        missing = [a for a in cls._INTERNALS if not hasattr(fast, a)]
+        if missing or not isinstance(fast._header_bytes, int) or not hasattr(fast._content, "itemsize"):
+            raise AttributeError(f"uproot's AsJagged has no {', '.join(missing) or '_header_bytes/_content.itemsize'}")
+        return fast
 
     def _decode(self, data, byte_offsets, basket, branch, context, cursor_offset, library, options):
         header, itemsize = self._header_bytes, self._content.itemsize
