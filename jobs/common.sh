@@ -309,7 +309,7 @@ crb_finish() {
   if [ "$code" = 0 ]; then rm -f -- "$CRB_ERR"; else crb_errors; fi
   crb_status "$state" "$rc" "$code"
   crb_publish
-  crb_say "job $CRB_JOB: $state (crbatch exit $rc, job exit $code); log: $CRB_LOG"
+  crb_say "job $CRB_JOB: $state (crbatch exit $rc, job exit $code); log: ${CRB_LOG_URL:-$CRB_LOG}"
   if [ "$code" = "$CRB_LOCKED" ]; then
     local wait=${CRBATCH_LOCKED_WAIT:-120}
     case "$wait" in '' | *[!0-9]*) wait=120 ;; esac

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -14,11 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The XRootD server fixtures (xrootd, remote_dir) of the grid-storage tests.
 pytest_plugins = ["xrootd_helpers"]
-
-# The XRootD client crashes when loaded after TensorFlow (crbatch.storage refuses that order); test
-# modules import TensorFlow at collection, so the client is loaded first where it is installed.
-with contextlib.suppress(ImportError):
-    import XRootD.client  # noqa: F401
 
 # Tools installed into the test environment (ruff, hadolint, crbatch) live beside its python; the
 # README runs the tests as `.venv/bin/python -m pytest` without activating it, so put them on PATH.

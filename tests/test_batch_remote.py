@@ -245,6 +245,30 @@ def test_job_killed_mid_upload_then_resubmitted(remote_dir, synth_file, tmp_path
         assert remote_tables(shard) == tables(tmp_path / f"{f.stem}.h5")
 
 
+def test_job_end_line_names_the_uploaded_log(remote_dir, synth_file, tmp_path, monkeypatch):
+    """A job on root:// storage ends by naming its log where people find it: the uploaded copy on the
+    storage, not the sandbox's (which is gone once the job ends)."""
+    monkeypatch.chdir(tmp_path)
+    f = synth_file("qcd", 200, 43)
+    url = remote_dir / "in" / f.name
+    storage.put(f, url)
+    doc = {"name": "rj", "storage": str(remote_dir / "storage"),
+           "datasets": [{"name": "qcd", "type": "qcd", "files": [str(url)]}], "convert": {"resources": SMALL}}  # fmt: skip
+    y = tmp_path / "pipeline.yaml"
+    y.write_text(yaml.safe_dump(doc))
+    plan = make_plan(load_pipeline(y), "convert")
+    plan_dir = write_plan(plan, tmp_path / "plan")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CRBATCH_KEEP"))}
+    env.update(CRBATCH_JOBS=str(JOBS), CRBATCH_SANDBOX=str(tmp_path))
+    r = subprocess.run(["bash", str(JOBS / "convert.sh"), str(plan_dir), "0"], env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = plan.stage("convert")[0].job
+    log = remote_dir / "storage" / "logs" / "rj" / f"{job}.log"
+    assert r.stderr.strip().splitlines()[-1].endswith(f"log: {log}"), r.stderr[-1000:]
+    assert log.read_text().strip()
+
+
 # --- bundling ---------------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,12 @@ for _k, _v in {"XRD_CONNECTIONWINDOW": "2", "XRD_CONNECTIONRETRY": "1", "XRD_REQ
                "CRBATCH_XRD_RETRIES": "1", "CRBATCH_XRD_RETRY_WAIT": "0.2"}.items():  # fmt: skip
     os.environ.setdefault(_k, _v)
 
+# The XRootD client crashes when loaded after TensorFlow (crbatch.storage refuses that order), and test
+# modules import TensorFlow at collection: load it now (this plugin loads before any test module), after
+# the settings above, which it reads only when loaded.
+with contextlib.suppress(ImportError):
+    import XRootD.client  # noqa: F401
+
 UNREACHABLE = "root://127.0.0.1:1"  # nothing listens on port 1 here
 
 
